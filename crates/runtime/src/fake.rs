@@ -1,0 +1,1 @@
+//! In-process fake runtime for service tests (filled in by the server work).

@@ -1,0 +1,139 @@
+//! Identity derived from the brand slug (SPEC §5): brand resolution, containerd namespace,
+//! CNI network/bridge names, default subnet slots, label keys and the env prefix.
+
+use std::collections::BTreeMap;
+
+/// Sources for brand resolution (env values; `None` or blank = unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrandSources {
+    pub esb_brand_slug: Option<String>,
+    pub project_name: Option<String>,
+    pub containers_network: Option<String>,
+    pub env: Option<String>,
+}
+
+/// Brand resolution failed: nothing usable was configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot resolve the brand slug: set ESB_BRAND_SLUG, PROJECT_NAME, or CONTAINERS_NETWORK (not bridge/host/none)"
+)]
+pub struct BrandError;
+
+/// Lowercase, keep `[a-z0-9]`, every run of other characters -> one `-`, trim `-`.
+pub fn sanitize_slug(raw: &str) -> String {
+    todo!("identity helper: {raw}")
+}
+
+/// Resolves the brand slug from its sources (SPEC §5, first non-empty wins).
+pub fn resolve_brand(src: &BrandSources) -> Result<String, BrandError> {
+    todo!("identity helper: {src:?}")
+}
+
+/// The agent's identity: brand `b` and ENV. Everything else is derived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    brand: String,
+    env: String,
+}
+
+impl Identity {
+    pub fn new(brand: impl Into<String>, env: impl Into<String>) -> Self {
+        Self {
+            brand: brand.into(),
+            env: env.into(),
+        }
+    }
+
+    /// `b` (may be empty only in tests; resolution refuses an empty brand).
+    pub fn brand(&self) -> &str {
+        &self.brand
+    }
+
+    pub fn env(&self) -> &str {
+        &self.env
+    }
+
+    /// `nb`: the brand, or `esb` when empty.
+    pub fn network_brand(&self) -> &str {
+        if self.brand.is_empty() { "esb" } else { &self.brand }
+    }
+
+    /// containerd namespace = `b`.
+    pub fn namespace(&self) -> &str {
+        &self.brand
+    }
+
+    /// CNI network name `<nb>-net`.
+    pub fn cni_network_name(&self) -> String {
+        format!("{}-net", self.network_brand())
+    }
+
+    /// Bridge name: `esb-` + first 4 chars of nb without `-` + first 6 hex of md5(nb).
+    pub fn bridge_name(&self) -> String {
+        todo!("identity helper")
+    }
+
+    /// Default /23 subnet for slot `k` (SPEC §5), e.g. `10.184.208.0/23` for `esb`, k=0.
+    pub fn subnet_slot(&self, k: u32) -> String {
+        todo!("identity helper: {k}")
+    }
+
+    /// Label prefix `com.<b>`.
+    pub fn label_prefix(&self) -> String {
+        format!("com.{}", self.brand)
+    }
+
+    /// Env prefix: uppercase b with `-` -> `_`.
+    pub fn env_prefix(&self) -> String {
+        self.brand.to_uppercase().replace('-', "_")
+    }
+
+    /// `created_by` value: `<b>-agent`.
+    pub fn created_by(&self) -> String {
+        format!("{}-agent", self.brand)
+    }
+
+    /// Label key `<b>_env`.
+    pub fn env_label_key(&self) -> String {
+        format!("{}_env", self.brand)
+    }
+
+    /// Label key `com.<b>.kind` (value `function`).
+    pub fn kind_label_key(&self) -> String {
+        format!("com.{}.kind", self.brand)
+    }
+
+    /// Label key `<b>_function` (value: raw function name).
+    pub fn function_label_key(&self) -> String {
+        format!("{}_function", self.brand)
+    }
+
+    /// Label key `com.<b>.owner` (value: owner id).
+    pub fn owner_label_key(&self) -> String {
+        format!("com.{}.owner", self.brand)
+    }
+
+    /// The three labels that mark a worker as managed by this brand+ENV (List, GC filter).
+    pub fn managed_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("created_by".to_string(), self.created_by()),
+            (self.env_label_key(), self.env.clone()),
+            (self.kind_label_key(), "function".to_string()),
+        ])
+    }
+
+    /// Every label a new worker carries (SPEC §5).
+    pub fn worker_labels(&self, function_name: &str, owner_id: &str) -> BTreeMap<String, String> {
+        let mut labels = self.managed_selector();
+        labels.insert(self.function_label_key(), function_name.to_string());
+        labels.insert(self.owner_label_key(), owner_id.to_string());
+        labels
+    }
+
+    /// True when `labels` carry the managed selector of this brand+ENV.
+    pub fn is_managed(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.managed_selector()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}

@@ -1,0 +1,78 @@
+//! The runtime contract: domain types, the [`Runtime`] trait every backend implements,
+//! typed errors with a semantic kind, the shared status enum, identity (brand, namespace,
+//! network, subnet), worker names and labels, and the settings backends are built from.
+
+pub mod error;
+pub mod identity;
+pub mod names;
+pub mod settings;
+pub mod status;
+pub mod types;
+
+#[cfg(feature = "fake")]
+pub mod fake;
+
+pub use error::{ErrorKind, RuntimeError};
+pub use status::WorkerStatus;
+pub use types::*;
+
+/// Result alias for runtime operations.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// A container backend (containerd or Docker), chosen once at start-up and used as
+/// `Arc<dyn Runtime>`.
+///
+/// Rules every implementation follows:
+/// - **Factory**: `ensure` always creates a brand-new worker; it never reuses one.
+/// - **Atomic create**: if `ensure` fails (or its future is dropped) after creating anything,
+///   everything is rolled back in a detached task with its own deadline; nothing leaks.
+/// - **Idempotent teardown**: `destroy` of an unknown or already-removed worker returns
+///   `Ok(false)`; a removed one returns `Ok(true)`. Destroy runs to completion even when the
+///   caller's future is dropped.
+/// - **Idempotent pause/resume**: pausing a paused worker and resuming a running one succeed.
+///   Resuming a stopped worker fails with [`ErrorKind::FailedPrecondition`].
+/// - **Scope**: the backend only ever sees and touches *managed* workers — those carrying the
+///   labels of this brand and ENV (SPEC §5). Ownership (`owner_id`) is checked by the caller
+///   (the server) using [`WorkerState::owner_id`]; backends never filter by owner.
+/// - Unsupported operations return [`ErrorKind::Unimplemented`].
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates, starts and networks a new worker. Returns once its process runs and it has
+    /// an IP address (it does not wait for port 8080).
+    async fn ensure(&self, req: EnsureRequest) -> Result<Worker>;
+
+    /// Stops and removes a worker and everything it holds (task, network attachment, IP,
+    /// netns, snapshot, logs). `Ok(false)` when it did not exist.
+    async fn destroy(&self, id: &str) -> Result<bool>;
+
+    /// Freezes a worker. Idempotent.
+    async fn pause(&self, id: &str) -> Result<()>;
+
+    /// Thaws a worker. Idempotent; a stopped worker is `FailedPrecondition`.
+    async fn resume(&self, id: &str) -> Result<()>;
+
+    /// Every managed worker of this brand+ENV, in one backend query.
+    async fn list(&self) -> Result<Vec<WorkerState>>;
+
+    /// One managed worker by id (or name); `Ok(None)` when absent or not managed.
+    async fn inspect(&self, id: &str) -> Result<Option<WorkerState>>;
+
+    /// Resource counters of one worker. A stopped worker returns state `Stopped` with
+    /// counters zero (not an error).
+    async fn metrics(&self, id: &str) -> Result<WorkerMetrics>;
+
+    /// Removes broken managed workers (stopped or half-created) and releases resources that
+    /// belong to no live worker (IPAM reservations, netns, logs). Never touches containers
+    /// without the managed labels of this brand+ENV.
+    async fn gc(&self) -> Result<GcReport>;
+
+    /// Start-up reconcile, run once before serving: cleans up like [`Runtime::gc`] and returns
+    /// the live managed workers to adopt into the worker table.
+    async fn reconcile(&self) -> Result<Vec<WorkerState>>;
+
+    /// Cheap liveness probe of the backend daemon (drives gRPC health).
+    async fn ping(&self) -> Result<()>;
+
+    /// What this backend supports; static after start-up.
+    fn capabilities(&self) -> RuntimeCapabilities;
+}

@@ -1,0 +1,168 @@
+//! Plain settings the backends are built from. Parsed and validated by the agent's config
+//! module (env + flags); backends only read them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::types::MEMORY_SIZE_ENV;
+
+/// Lambda gives one full vCPU at 1769 MiB; CPU scales linearly with memory below that.
+pub const LAMBDA_MIB_PER_VCPU: u64 = 1769;
+
+/// Default resource limits for workers (SPEC §10: one function must not take the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDefaults {
+    /// Memory limit when the request does not set `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`.
+    pub memory_bytes: u64,
+    /// CPU quota in millicores; `None` = proportional to memory like Lambda
+    /// (1000 at 1769 MiB, at least 100, at most `cpu_max_millis`).
+    pub cpu_millis: Option<u64>,
+    /// Upper bound for the proportional CPU quota.
+    pub cpu_max_millis: u64,
+    pub pids_limit: u64,
+}
+
+impl Default for WorkerDefaults {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 * 1024 * 1024,
+            cpu_millis: None,
+            cpu_max_millis: 2000,
+            pids_limit: 1024,
+        }
+    }
+}
+
+impl WorkerDefaults {
+    /// Memory limit for a request: `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (MiB, trimmed) when it
+    /// is a positive integer, else the default.
+    pub fn memory_for(&self, env: &BTreeMap<String, String>) -> u64 {
+        env.get(MEMORY_SIZE_ENV)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|mib| *mib > 0)
+            .and_then(|mib| mib.checked_mul(1024 * 1024))
+            .unwrap_or(self.memory_bytes)
+    }
+
+    /// CPU quota (millicores) for a worker with `memory_bytes` of memory.
+    pub fn cpu_for(&self, memory_bytes: u64) -> u64 {
+        match self.cpu_millis {
+            Some(m) => m,
+            None => {
+                let mib = memory_bytes / (1024 * 1024);
+                (mib.saturating_mul(1000) / LAMBDA_MIB_PER_VCPU).clamp(100, self.cpu_max_millis)
+            }
+        }
+    }
+}
+
+/// When to contact the registry for an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally.
+    IfNotPresent,
+    /// Always pull; on failure fall back to a local copy.
+    Always,
+}
+
+/// Registry access (SPEC §6, review P3-1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Registry used for references without a host (`CONTAINER_REGISTRY`).
+    pub default_registry: String,
+    /// Plain HTTP to registries (`CONTAINER_REGISTRY_INSECURE`).
+    pub insecure: bool,
+    /// Extra CA (PEM) trusted for registry HTTPS.
+    pub ca_path: Option<PathBuf>,
+    /// Trust only `ca_path`, not the system roots.
+    pub ca_only: bool,
+    pub pull_policy: PullPolicy,
+}
+
+/// CNI settings (containerd backend; SPEC §6, §8). Derived values are already resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniSettings {
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Full path of the generated conflist.
+    pub conf_file: PathBuf,
+    /// CNI network name (`<b>-net`).
+    pub network_name: String,
+    pub bridge: String,
+    /// CIDR, e.g. `10.184.208.0/23`.
+    pub subnet: String,
+    /// Gateway IP (network + 1 unless `CNI_GW_IP`).
+    pub gateway: String,
+    /// Nameserver written into workers' resolv.conf.
+    pub dns_server: String,
+    /// host-local IPAM data dir (`CNI_NET_DIR`).
+    pub net_dir: PathBuf,
+    pub ip_masq: bool,
+    /// Where the identity file (`esb-cni.env`) is written.
+    pub identity_file: PathBuf,
+}
+
+/// containerd settings (SPEC §6, §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdSettings {
+    pub socket: PathBuf,
+    /// Runtime name for new containers, e.g. `io.containerd.runc.v2`.
+    pub runtime: String,
+    pub snapshotter: String,
+    /// containerd namespace (the brand).
+    pub namespace: String,
+}
+
+/// Docker settings (SPEC §6, §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// `DOCKER_HOST`; `None` = the Docker default (local unix socket).
+    pub host: Option<String>,
+    /// Network workers join (`CONTAINERS_NETWORK`).
+    pub network: String,
+}
+
+/// Settings shared by every backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonSettings {
+    pub identity: crate::identity::Identity,
+    pub registry: RegistrySettings,
+    pub worker: WorkerDefaults,
+    /// Agent state directory (journals, last-used, resolv.conf, netns pins, logs).
+    pub state_dir: PathBuf,
+    /// Per-worker log file size bound, bytes.
+    pub worker_log_max_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_from_env_or_default() {
+        let d = WorkerDefaults::default();
+        let mut env = BTreeMap::new();
+        assert_eq!(d.memory_for(&env), 512 * 1024 * 1024);
+        env.insert(MEMORY_SIZE_ENV.to_string(), " 256 ".to_string());
+        assert_eq!(d.memory_for(&env), 256 * 1024 * 1024);
+        env.insert(MEMORY_SIZE_ENV.to_string(), "0".to_string());
+        assert_eq!(d.memory_for(&env), 512 * 1024 * 1024);
+        env.insert(MEMORY_SIZE_ENV.to_string(), "lots".to_string());
+        assert_eq!(d.memory_for(&env), 512 * 1024 * 1024);
+        env.insert(MEMORY_SIZE_ENV.to_string(), u64::MAX.to_string());
+        assert_eq!(d.memory_for(&env), 512 * 1024 * 1024);
+    }
+
+    #[test]
+    fn cpu_proportional_to_memory() {
+        let d = WorkerDefaults::default();
+        assert_eq!(d.cpu_for(1769 * 1024 * 1024), 1000);
+        assert_eq!(d.cpu_for(128 * 1024 * 1024), 100);
+        assert_eq!(d.cpu_for(10240 * 1024 * 1024), 2000);
+        let fixed = WorkerDefaults {
+            cpu_millis: Some(500),
+            ..WorkerDefaults::default()
+        };
+        assert_eq!(fixed.cpu_for(1), 500);
+    }
+}

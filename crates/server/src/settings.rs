@@ -1,0 +1,78 @@
+//! Server settings, filled in by the agent's config module.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// TLS for the gRPC port (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSettings {
+    /// Plaintext; only when explicitly disabled (a warning is logged and reported).
+    Disabled,
+    /// mTLS: server cert/key, client certs verified against `client_ca` only.
+    Mutual {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        client_ca_path: PathBuf,
+        /// When non-empty, a client certificate must carry one of these identities
+        /// (a DNS/URI SAN or the subject CN).
+        allowed_client_identities: Vec<String>,
+    },
+}
+
+/// InvokeWorker proxy settings (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvokeSettings {
+    /// Body limit, bytes (`AGENT_INVOKE_MAX_RESPONSE_SIZE`).
+    pub max_response_bytes: u64,
+    /// Used when `timeout_ms` <= 0.
+    pub default_timeout: Duration,
+}
+
+impl Default for InvokeSettings {
+    fn default() -> Self {
+        Self {
+            max_response_bytes: 10 * 1024 * 1024,
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the server needs besides the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// gRPC bind address (`AGENT_LISTEN_ADDR` + `PORT`).
+    pub listen_addr: SocketAddr,
+    /// Prometheus bind address (`AGENT_METRICS_PORT`); `None` disables the endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    pub tls: TlsSettings,
+    /// Optional bearer token required in `authorization: Bearer <token>`. A secret.
+    pub auth_token: Option<String>,
+    pub reflection: bool,
+    /// gRPC max decode (request) size, bytes; at least the invoke limit + 2 MiB by default.
+    pub max_request_bytes: usize,
+    /// gRPC max encode (response) size, bytes.
+    pub max_response_bytes: usize,
+    pub invoke: InvokeSettings,
+    /// Directory for durable server state (last-used times).
+    pub state_dir: PathBuf,
+    /// How long in-flight RPCs may run after shutdown starts.
+    pub drain_timeout: Duration,
+    /// Agent version reported by GetCapabilities.
+    pub agent_version: String,
+    /// What happens to managed workers when the agent stops.
+    pub shutdown_policy: ShutdownPolicy,
+    /// Period of the background GC / IPAM reconcile pass.
+    pub gc_interval: Duration,
+    /// Period of the runtime liveness probe that drives gRPC health.
+    pub health_interval: Duration,
+}
+
+/// What the agent does with its workers on SIGTERM/SIGINT (SPEC §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownPolicy {
+    /// Leave workers running (default): an agent upgrade does not kill functions.
+    Keep,
+    /// Destroy every managed worker after the server stopped accepting (old behaviour).
+    Destroy,
+}
