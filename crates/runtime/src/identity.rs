@@ -21,13 +21,94 @@ pub struct BrandError;
 
 /// Lowercase, keep `[a-z0-9]`, every run of other characters -> one `-`, trim `-`.
 pub fn sanitize_slug(raw: &str) -> String {
-    todo!("identity helper: {raw}")
+    let mut out = String::with_capacity(raw.len());
+    let mut pending_dash = false;
+    for c in raw.trim().chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if pending_dash && !out.is_empty() {
+                out.push('-');
+            }
+            pending_dash = false;
+            out.push(c);
+        } else {
+            pending_dash = true;
+        }
+    }
+    out
+}
+
+/// `value` with `suffix` cut off its end (ASCII case-insensitive), if present.
+fn cut_suffix<'a>(value: &'a str, suffix: &str) -> Option<&'a str> {
+    let split = value.len().checked_sub(suffix.len())?;
+    let tail = value.get(split..)?;
+    tail.eq_ignore_ascii_case(suffix).then(|| &value[..split])
+}
+
+/// Non-blank, trimmed value of an optional source.
+fn present(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `sanitize(cut)`, or `sanitize(uncut)` when the cut one is empty.
+fn sanitize_or_uncut(cut: &str, uncut: &str) -> String {
+    let slug = sanitize_slug(cut);
+    if slug.is_empty() {
+        sanitize_slug(uncut)
+    } else {
+        slug
+    }
 }
 
 /// Resolves the brand slug from its sources (SPEC §5, first non-empty wins).
 pub fn resolve_brand(src: &BrandSources) -> Result<String, BrandError> {
-    todo!("identity helper: {src:?}")
+    if let Some(slug) = present(&src.esb_brand_slug).map(sanitize_slug)
+        && !slug.is_empty()
+    {
+        return Ok(slug);
+    }
+    let env = present(&src.env);
+    if let Some(project) = present(&src.project_name) {
+        let cut = env
+            .and_then(|e| {
+                cut_suffix(project, &format!("-{e}"))
+                    .or_else(|| cut_suffix(project, &format!("_{e}")))
+            })
+            .unwrap_or(project);
+        let slug = sanitize_or_uncut(cut, project);
+        if !slug.is_empty() {
+            return Ok(slug);
+        }
+    }
+    if let Some(network) = present(&src.containers_network)
+        && !["bridge", "host", "none"]
+            .iter()
+            .any(|n| network.eq_ignore_ascii_case(n))
+    {
+        let mut suffixes = vec!["-external".to_string(), "_external".to_string()];
+        if let Some(e) = env {
+            suffixes.push(format!("-{e}"));
+            suffixes.push(format!("_{e}"));
+        }
+        // Each suffix is cut at most once, in this order (SPEC §5).
+        let cut = suffixes.iter().fold(network, |acc, suffix| {
+            cut_suffix(acc, suffix).unwrap_or(acc)
+        });
+        let slug = sanitize_or_uncut(cut, network);
+        if !slug.is_empty() {
+            return Ok(slug);
+        }
+    }
+    Err(BrandError)
 }
+
+/// The md5 digest of `s`.
+fn md5(s: &str) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(s.as_bytes()).into()
+}
+
+/// Number of /23 slots in 10.0.0.0/8 once second octet 88 is skipped.
+pub const SUBNET_SLOTS: u32 = 255 * 128;
 
 /// The agent's identity: brand `b` and ENV. Everything else is derived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +136,11 @@ impl Identity {
 
     /// `nb`: the brand, or `esb` when empty.
     pub fn network_brand(&self) -> &str {
-        if self.brand.is_empty() { "esb" } else { &self.brand }
+        if self.brand.is_empty() {
+            "esb"
+        } else {
+            &self.brand
+        }
     }
 
     /// containerd namespace = `b`.
@@ -70,12 +155,23 @@ impl Identity {
 
     /// Bridge name: `esb-` + first 4 chars of nb without `-` + first 6 hex of md5(nb).
     pub fn bridge_name(&self) -> String {
-        todo!("identity helper")
+        let nb = self.network_brand();
+        let short: String = nb.chars().filter(|c| *c != '-').take(4).collect();
+        let digest = hex::encode(md5(nb));
+        format!("esb-{short}{}", &digest[..6])
     }
 
     /// Default /23 subnet for slot `k` (SPEC §5), e.g. `10.184.208.0/23` for `esb`, k=0.
     pub fn subnet_slot(&self, k: u32) -> String {
-        todo!("identity helper: {k}")
+        let d = md5(self.network_brand());
+        let base = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % SUBNET_SLOTS;
+        let s = (base + k % SUBNET_SLOTS) % SUBNET_SLOTS;
+        let mut second = s / 128;
+        if second >= 88 {
+            second += 1;
+        }
+        let third = (s % 128) * 2;
+        format!("10.{second}.{third}.0/23")
     }
 
     /// Label prefix `com.<b>`.
@@ -137,3 +233,6 @@ impl Identity {
             .all(|(k, v)| labels.get(k) == Some(v))
     }
 }
+
+#[cfg(test)]
+mod tests;
