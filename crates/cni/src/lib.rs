@@ -1,1 +1,17 @@
-//! placeholder
+//! CNI for workers (SPEC §8): the conflist and identity-file generators, a libcni-style plugin
+//! executor, pinned network namespaces, the durable attachment journal and reconcile of
+//! IPAM reservations and pins that no live worker owns. Entry point: [`CniNetwork`].
+
+mod chain;
+pub mod conflist;
+pub mod error;
+pub mod exec;
+mod fsutil;
+mod ipam;
+pub mod journal;
+mod netns;
+mod network;
+
+pub use error::CniError;
+pub use journal::{AttachState, Attachment};
+pub use network::CniNetwork;

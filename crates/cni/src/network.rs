@@ -1,0 +1,423 @@
+//! [`CniNetwork`]: install, attach, detach and reconcile — the sagas that tie the pinned netns,
+//! the journal and the plugin chain together.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use esb_runtime::settings::CniSettings;
+use serde_json::Value;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::chain::{self, Target};
+use crate::error::CniError;
+use crate::exec::{PluginExec, ProcessExec};
+use crate::journal::{AttachState, Attachment, Journal};
+use crate::{conflist, fsutil, ipam, netns};
+
+/// Interface name inside the sandbox.
+pub const IFNAME: &str = "eth0";
+
+/// Upper bound for one plugin execution.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The worker network: cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct CniNetwork {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: CniSettings,
+    conflist: Value,
+    exec: Arc<dyn PluginExec>,
+    journal: Journal,
+    netns_dir: PathBuf,
+    /// Per-container-id locks; presence also marks an operation in flight (reconcile skips it).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for CniNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CniNetwork")
+            .field("network", &self.inner.settings.network_name)
+            .field("subnet", &self.inner.settings.subnet)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds a container id's lock; removes the map entry when nobody else waits for it.
+struct IdLock {
+    inner: Arc<Inner>,
+    id: String,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for IdLock {
+    fn drop(&mut self) {
+        let mut map = self.inner.lock_map();
+        // Ours: the map's Arc plus the guard's; more means someone is waiting.
+        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+impl Inner {
+    fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy(&self, id: &str) -> bool {
+        self.lock_map().contains_key(id)
+    }
+
+    fn pin_path(&self, id: &str) -> PathBuf {
+        self.netns_dir.join(id)
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.settings.net_dir.join(&self.settings.network_name)
+    }
+}
+
+async fn lock_id(inner: &Arc<Inner>, id: &str) -> IdLock {
+    let m = inner
+        .lock_map()
+        .entry(id.to_string())
+        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+        .clone();
+    IdLock {
+        inner: inner.clone(),
+        id: id.to_string(),
+        _guard: m.lock_owned().await,
+    }
+}
+
+/// Container ids become file names: keep them to a safe charset.
+fn validate_id(id: &str) -> Result<(), CniError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::InvalidContainerId(id.to_string()))
+    }
+}
+
+/// Runs blocking filesystem/namespace work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CniError> + Send + 'static,
+) -> Result<T, CniError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(CniError::io(
+            "run blocking task",
+            "",
+            std::io::Error::other(e.to_string()),
+        ))
+    })
+}
+
+/// Runs a saga on its own task so a dropped caller never leaves it half done.
+async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, CniError>> + Send + 'static,
+) -> Result<T, CniError> {
+    tokio::spawn(fut).await.unwrap_or_else(|e| {
+        Err(CniError::io(
+            "run cni task",
+            "",
+            std::io::Error::other(e.to_string()),
+        ))
+    })
+}
+
+impl CniNetwork {
+    /// A network that runs the real plugins from `settings.bin_dir`. `state_dir` is the agent's
+    /// state directory; pins and the journal live under `<state_dir>/cni/`.
+    pub fn new(settings: CniSettings, state_dir: &Path) -> Result<Self, CniError> {
+        let exec = Arc::new(ProcessExec::new(settings.bin_dir.clone(), PLUGIN_TIMEOUT));
+        Self::with_exec(settings, state_dir, exec)
+    }
+
+    /// Like [`CniNetwork::new`] with a custom plugin executor (tests use the fake).
+    pub fn with_exec(
+        settings: CniSettings,
+        state_dir: &Path,
+        exec: Arc<dyn PluginExec>,
+    ) -> Result<Self, CniError> {
+        let conflist = conflist::conflist(&settings)?;
+        let cni_dir = state_dir.join("cni");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                conflist,
+                exec,
+                journal: Journal::new(cni_dir.join("attachments")),
+                netns_dir: cni_dir.join("netns"),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &CniSettings {
+        &self.inner.settings
+    }
+
+    /// The generated conflist.
+    pub fn conflist(&self) -> &Value {
+        &self.inner.conflist
+    }
+
+    /// Creates the directories and writes the conflist and the identity file atomically.
+    pub async fn install(&self) -> Result<(), CniError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let s = &inner.settings;
+            for dir in [
+                &s.conf_dir,
+                &s.net_dir,
+                &inner.netns_dir,
+                &inner.journal.dir().to_path_buf(),
+            ] {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| CniError::io("create directory", dir, e))?;
+            }
+            let mut text = serde_json::to_vec_pretty(&inner.conflist).map_err(|e| {
+                CniError::io("encode conflist", &s.conf_file, std::io::Error::other(e))
+            })?;
+            text.push(b'\n');
+            fsutil::write_atomic(&s.conf_file, &text)?;
+            fsutil::write_atomic(&s.identity_file, conflist::identity_file(s).as_bytes())
+        })
+        .await
+    }
+
+    /// Creates a pinned netns for `container_id`, journals the attachment, runs ADD and returns
+    /// the attachment with the sandbox IP. On failure everything is undone. Attaching an id
+    /// that is already attached returns the existing attachment.
+    pub async fn attach(&self, container_id: &str) -> Result<Attachment, CniError> {
+        validate_id(container_id)?;
+        let inner = self.inner.clone();
+        let id = container_id.to_string();
+        detached(async move {
+            let _lock = lock_id(&inner, &id).await;
+            attach_locked(&inner, &id).await
+        })
+        .await
+    }
+
+    /// Runs DEL (when journaled), unpins the netns and removes the journal entry. Idempotent.
+    /// If DEL fails the IPAM reservation is released anyway and the netns unpinned (which
+    /// removes the veth), but the journal entry stays so reconcile retries DEL; the error is
+    /// returned.
+    pub async fn detach(&self, container_id: &str) -> Result<(), CniError> {
+        validate_id(container_id)?;
+        let inner = self.inner.clone();
+        let id = container_id.to_string();
+        detached(async move {
+            let _lock = lock_id(&inner, &id).await;
+            detach_locked(&inner, &id).await
+        })
+        .await
+    }
+
+    /// Best-effort CHECK of an attachment (portmap's CHECK fails on plugins 1.1.1).
+    pub async fn check(&self, container_id: &str) -> Result<(), CniError> {
+        validate_id(container_id)?;
+        let Some(a) = self.attachment(container_id)? else {
+            return Ok(());
+        };
+        let Some(prev) = a.result.as_ref() else {
+            return Ok(());
+        };
+        chain::check(
+            self.inner.exec.as_ref(),
+            &self.inner.conflist,
+            &target(&a),
+            prev,
+        )
+        .await
+    }
+
+    /// Every journaled attachment (survives agent restarts).
+    pub fn attachments(&self) -> Result<Vec<Attachment>, CniError> {
+        self.inner.journal.all()
+    }
+
+    pub fn attachment(&self, container_id: &str) -> Result<Option<Attachment>, CniError> {
+        validate_id(container_id)?;
+        self.inner.journal.read(container_id)
+    }
+
+    /// Releases everything no live worker owns: journaled attachments whose id is not in
+    /// `live` (full detach), host-local reservations whose owner is neither live nor journaled,
+    /// and pins without a journal entry. Ids with an attach/detach in flight are skipped.
+    /// Returns the number of released resources.
+    pub async fn reconcile(&self, live: &HashSet<String>) -> Result<u64, CniError> {
+        let inner = self.inner.clone();
+        let live = live.clone();
+        detached(async move { reconcile(&inner, &live).await }).await
+    }
+}
+
+fn target(a: &Attachment) -> Target {
+    Target {
+        container_id: a.container_id.clone(),
+        netns: a.netns_path.clone(),
+        ifname: a.ifname.clone(),
+    }
+}
+
+async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniError> {
+    if let Some(existing) = inner.journal.read(id)? {
+        if existing.state == AttachState::Added && existing.netns_path.exists() {
+            return Ok(existing);
+        }
+        // A stale half-done attachment (crash mid-ADD): clear it before starting over.
+        detach_locked(inner, id).await?;
+    }
+    let pending = Attachment {
+        container_id: id.to_string(),
+        netns_path: inner.pin_path(id),
+        ifname: IFNAME.to_string(),
+        ip: None,
+        created_at: fsutil::now_unix(),
+        state: AttachState::Adding,
+        result: None,
+    };
+    // Intent first: from here on a crash leaves a journal entry that reconcile can undo.
+    inner.journal.write(&pending)?;
+    let started = std::time::Instant::now();
+    let res = add_steps(inner, &pending).await;
+    match res {
+        Ok(done) => {
+            tracing::debug!(container_id = id, ip = ?done.ip, elapsed_ms = started.elapsed().as_millis() as u64, "cni attached");
+            Ok(done)
+        }
+        Err(e) => {
+            if let Err(undo) = undo_attach(inner, &pending).await {
+                tracing::warn!(container_id = id, error = %undo, "cni attach rollback incomplete; reconcile will retry");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn add_steps(inner: &Arc<Inner>, pending: &Attachment) -> Result<Attachment, CniError> {
+    let pin = pending.netns_path.clone();
+    blocking(move || netns::create(&pin)).await?;
+    let result = chain::add(inner.exec.as_ref(), &inner.conflist, &target(pending)).await?;
+    let ip = chain::sandbox_ip(&result, &pending.ifname).ok_or_else(|| CniError::NoIp {
+        container_id: pending.container_id.clone(),
+    })?;
+    let done = Attachment {
+        ip: Some(ip),
+        state: AttachState::Added,
+        result: Some(result),
+        ..pending.clone()
+    };
+    inner.journal.write(&done)?;
+    Ok(done)
+}
+
+async fn undo_attach(inner: &Arc<Inner>, pending: &Attachment) -> Result<(), CniError> {
+    release(inner, pending).await
+}
+
+async fn detach_locked(inner: &Arc<Inner>, id: &str) -> Result<(), CniError> {
+    match inner.journal.read(id)? {
+        Some(a) => release(inner, &a).await,
+        None => {
+            // No journal entry: at most a stray pin is left.
+            let pin = inner.pin_path(id);
+            blocking(move || netns::remove(&pin)).await
+        }
+    }
+}
+
+/// DEL + unpin + journal removal; on DEL failure releases IPAM directly, unpins, keeps the
+/// journal entry (for a later DEL retry) and returns the DEL error.
+async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
+    let del = chain::del(
+        inner.exec.as_ref(),
+        &inner.conflist,
+        &target(a),
+        a.result.as_ref(),
+    )
+    .await;
+    let pin = a.netns_path.clone();
+    let ipam_dir = inner.ipam_dir();
+    let owner = a.container_id.clone();
+    let failed = del.is_err();
+    blocking(move || {
+        if failed {
+            ipam::release_where(&ipam_dir, |o| o == owner)?;
+        }
+        netns::remove(&pin)
+    })
+    .await?;
+    del?;
+    inner.journal.remove(&a.container_id)?;
+    Ok(())
+}
+
+async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, CniError> {
+    let mut released = 0u64;
+    let mut first_err = None;
+    for a in inner.journal.all()? {
+        let id = a.container_id.clone();
+        if live.contains(&id) || inner.busy(&id) {
+            continue;
+        }
+        let _lock = lock_id(inner, &id).await;
+        // Re-read under the lock: a concurrent detach may have finished meanwhile.
+        let Some(a) = inner.journal.read(&id)? else {
+            continue;
+        };
+        match release(inner, &a).await {
+            Ok(()) => {
+                tracing::info!(container_id = %id, ip = ?a.ip, "released orphaned cni attachment");
+                released += 1;
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let inner2 = inner.clone();
+    let live2 = live.clone();
+    released += blocking(move || {
+        let journaled: HashSet<String> = inner2.journal.ids()?.into_iter().collect();
+        let mut n = 0u64;
+        let gone = ipam::release_where(&inner2.ipam_dir(), |owner| {
+            !live2.contains(owner) && !journaled.contains(owner) && !inner2.busy(owner)
+        })?;
+        for r in gone {
+            tracing::info!(owner = %r.owner, ip = %r.ip, "released orphaned ipam reservation");
+            n += 1;
+        }
+        for name in netns::list(&inner2.netns_dir)? {
+            if journaled.contains(&name) || inner2.busy(&name) || live2.contains(&name) {
+                continue;
+            }
+            netns::remove(&inner2.pin_path(&name))?;
+            tracing::info!(container_id = %name, "removed orphaned netns pin");
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await?;
+    match first_err {
+        Some(e) if released == 0 => Err(e),
+        Some(e) => {
+            tracing::warn!(error = %e, released, "cni reconcile partially failed");
+            Ok(released)
+        }
+        None => Ok(released),
+    }
+}
