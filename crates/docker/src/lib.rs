@@ -1,17 +1,114 @@
-//! The Docker Engine backend (SPEC §9). Placeholder: the constructor signature is fixed.
+//! The Docker Engine backend (SPEC §9): [`DockerRuntime`] implements [`esb_runtime::Runtime`]
+//! over bollard. One operation per module; this file holds the shared state and the trait
+//! wiring.
 
-use esb_runtime::RuntimeError;
+mod capabilities;
+mod connect;
+mod convert;
+mod destroy;
+mod ensure;
+mod error;
+mod gc;
+mod image;
+mod list;
+mod metrics;
+mod pause;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bollard::Docker;
 use esb_runtime::settings::{CommonSettings, DockerSettings};
+use esb_runtime::{
+    EnsureRequest, GcReport, Result, Runtime, RuntimeCapabilities, RuntimeError, Worker,
+    WorkerMetrics, WorkerState,
+};
 
 /// Docker-backed [`esb_runtime::Runtime`].
 pub struct DockerRuntime {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+/// State shared with the detached tasks (ensure rollback, destroy).
+pub(crate) struct Inner {
+    pub(crate) docker: Docker,
+    pub(crate) common: CommonSettings,
+    pub(crate) settings: DockerSettings,
+    pub(crate) pulls: image::PullLocks,
+    /// Names of workers an `ensure` of this process is still building; GC leaves them alone.
+    pub(crate) in_flight: Mutex<HashSet<String>>,
+    pub(crate) caps: RuntimeCapabilities,
 }
 
 impl DockerRuntime {
     /// Connects to the Docker Engine (bounded retry, negotiated API version).
-    pub async fn connect(common: CommonSettings, docker: DockerSettings) -> Result<Self, RuntimeError> {
-        let _ = (common, docker);
-        Err(RuntimeError::unimplemented("docker backend not built yet"))
+    pub async fn connect(
+        common: CommonSettings,
+        docker: DockerSettings,
+    ) -> Result<Self, RuntimeError> {
+        let client = connect::connect(docker.host.as_deref()).await?;
+        let caps = capabilities::probe(&client, &common, &docker).await;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                docker: client,
+                common,
+                settings: docker,
+                pulls: image::PullLocks::default(),
+                in_flight: Mutex::new(HashSet::new()),
+                caps,
+            }),
+        })
+    }
+
+    /// The bollard client, for tests and tools that need raw daemon access.
+    pub fn client(&self) -> &Docker {
+        &self.inner.docker
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    async fn ensure(&self, req: EnsureRequest) -> Result<Worker> {
+        ensure::ensure(&self.inner, req).await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<bool> {
+        destroy::destroy(&self.inner, id).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        pause::pause(&self.inner, id).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        pause::resume(&self.inner, id).await
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerState>> {
+        list::list(&self.inner).await
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<WorkerState>> {
+        list::inspect(&self.inner, id).await
+    }
+
+    async fn metrics(&self, id: &str) -> Result<WorkerMetrics> {
+        metrics::metrics(&self.inner, id).await
+    }
+
+    async fn gc(&self) -> Result<GcReport> {
+        gc::gc(&self.inner).await
+    }
+
+    async fn reconcile(&self) -> Result<Vec<WorkerState>> {
+        gc::reconcile(&self.inner).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        connect::ping(&self.inner.docker).await
+    }
+
+    fn capabilities(&self) -> RuntimeCapabilities {
+        self.inner.caps.clone()
     }
 }

@@ -1,0 +1,255 @@
+//! Ensure: pull per policy, create with labels/env/limits/network, start, and resolve the IP
+//! with backoff (review P1-1: never an empty IP). Create/start/IP run in a detached task so a
+//! dropped caller cannot leave a half-built worker: any failure — or a caller gone by the
+//! time the worker is ready — removes the container.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkingConfig,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
+use esb_runtime::names::worker_name;
+use esb_runtime::{
+    EnsureRequest, ErrorKind, Result, RuntimeError, WORKER_PORT, Worker, WorkerStatus,
+};
+use tokio::sync::oneshot;
+
+use crate::Inner;
+use crate::convert::{inspect_status, ip_on, unix_seconds};
+use crate::destroy::remove_detached;
+use crate::error::{Subject, map};
+use crate::image::{ImageRef, ensure_image, parse_ref};
+
+/// Pauses between IP look-ups after the first (SPEC §9: 100 ms … 1.6 s, 5 tries).
+const IP_BACKOFF_MS: [u64; 5] = [100, 200, 400, 800, 1600];
+/// Log files kept per worker by the json-file driver.
+const LOG_FILES: u64 = 2;
+
+pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker> {
+    validate_env(&req.env)?;
+    let image = parse_ref(&req.image, &inner.common.registry.default_registry)?;
+    ensure_image(
+        &inner.docker,
+        &inner.pulls,
+        &image,
+        inner.common.registry.pull_policy,
+    )
+    .await?;
+
+    let name = worker_name(&inner.common.identity, &req.function_name);
+    let body = spec(inner, &req, &image);
+    let (tx, rx) = oneshot::channel();
+    let task_inner = Arc::clone(inner);
+    lock_in_flight(inner).insert(name.clone());
+    tokio::spawn(async move {
+        let inner = task_inner;
+        let result = build(&inner, &name, body, &req).await;
+        if let Err(Ok(worker)) = tx.send(result) {
+            tracing::info!(worker = %worker.name, "ensure abandoned by its caller; removing the worker");
+            remove_detached(&inner, &worker.id).await;
+        }
+        lock_in_flight(&inner).remove(&name);
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(RuntimeError::internal(
+            "ensure task ended without an answer",
+        ))
+    })
+}
+
+fn lock_in_flight(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    inner.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            // The key is safe to show; the value never is.
+            return Err(RuntimeError::invalid_argument(format!(
+                "invalid env variable name {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The container definition (SPEC §9, §10: limits, no restart, no-new-privileges, bounded logs).
+fn spec(inner: &Inner, req: &EnsureRequest, image: &ImageRef) -> ContainerCreateBody {
+    let w = &inner.common.worker;
+    let memory = w.memory_for(&req.env);
+    let cpu_millis = w.cpu_for(memory);
+    let network = inner.settings.network.clone();
+    let log_max = (inner.common.worker_log_max_bytes / LOG_FILES).max(1024);
+    let labels: HashMap<String, String> = inner
+        .common
+        .identity
+        .worker_labels(&req.function_name, &req.owner_id)
+        .into_iter()
+        .collect();
+    ContainerCreateBody {
+        image: Some(image.full.clone()),
+        env: Some(req.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            memory: Some(to_i64(memory)),
+            memory_swap: Some(to_i64(memory)),
+            nano_cpus: Some(to_i64(cpu_millis.saturating_mul(1_000_000))),
+            pids_limit: Some(to_i64(w.pids_limit)),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), log_max.to_string()),
+                    ("max-file".to_string(), LOG_FILES.to_string()),
+                ])),
+            }),
+            network_mode: Some(network.clone()),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network, EndpointSettings::default())])),
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Create, start, resolve the IP; removes the container on any failure after create.
+async fn build(
+    inner: &Inner,
+    name: &str,
+    body: ContainerCreateBody,
+    req: &EnsureRequest,
+) -> Result<Worker> {
+    let opts = CreateContainerOptions {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    let created = inner
+        .docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(create_error)?;
+    let id = created.id;
+    match start_and_address(inner, &id).await {
+        Ok((ip, created_at)) => {
+            tracing::info!(worker = name, id = %id, %ip, "worker started");
+            Ok(Worker {
+                id,
+                name: name.to_string(),
+                ip,
+                port: WORKER_PORT,
+                function_name: req.function_name.clone(),
+                owner_id: req.owner_id.clone(),
+                created_at,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(worker = name, error = %e.chain(), "ensure failed after create; removing the container");
+            remove_detached(inner, &id).await;
+            Err(e)
+        }
+    }
+}
+
+fn create_error(e: bollard::errors::Error) -> RuntimeError {
+    let err = map(e, "create worker", Subject::Worker);
+    if err.kind() != ErrorKind::NotFound {
+        return err;
+    }
+    // 404 on create: the image vanished after the pull, or the network does not exist.
+    let kind = if err.message().contains("network") {
+        ErrorKind::FailedPrecondition
+    } else {
+        ErrorKind::ImageNotFound
+    };
+    RuntimeError::new(kind, err.message().to_string()).with_source(err)
+}
+
+async fn start_and_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
+    inner
+        .docker
+        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| {
+            let err = map(e, "start worker", Subject::Worker);
+            // A start failure is about the image or host, not a bad request from the caller.
+            let kind = match err.kind() {
+                ErrorKind::InvalidArgument | ErrorKind::NotFound => ErrorKind::Internal,
+                k => k,
+            };
+            RuntimeError::new(kind, err.message().to_string()).with_source(err)
+        })?;
+    let network = &inner.settings.network;
+    let mut delays = IP_BACKOFF_MS.iter();
+    loop {
+        let c = inner
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map(e, "inspect new worker", Subject::Worker))?;
+        let status = inspect_status(&c);
+        if status == WorkerStatus::Stopped {
+            let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or(0);
+            return Err(RuntimeError::internal(format!(
+                "worker exited during start (exit code {code})"
+            )));
+        }
+        if let Some(ip) = ip_on(
+            c.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref()),
+            network,
+        ) {
+            let created_at = c.created.as_deref().map(unix_seconds).filter(|t| *t > 0);
+            return Ok((ip, created_at.unwrap_or_else(now)));
+        }
+        match delays.next() {
+            Some(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            None => {
+                return Err(RuntimeError::internal(format!(
+                    "worker has no ip address on network {network} after {} tries",
+                    IP_BACKOFF_MS.len() + 1
+                )));
+            }
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_are_checked_without_showing_values() {
+        let ok = BTreeMap::from([("A".to_string(), "secret".to_string())]);
+        assert!(validate_env(&ok).is_ok());
+        let bad = BTreeMap::from([("A=B".to_string(), "secret".to_string())]);
+        let err = validate_env(&bad).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| !e.message().contains("secret"))
+        );
+        let nul = BTreeMap::from([("A".to_string(), "x\0y".to_string())]);
+        assert!(validate_env(&nul).is_err());
+    }
+}
