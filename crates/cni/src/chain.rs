@@ -113,9 +113,17 @@ pub(crate) async fn del(
             CniCommand::Del,
             plugin_config(conflist, plugin, prev),
         );
-        if let Err(e) = exec_retrying(exec, &call).await {
-            tracing::warn!(plugin = %call.plugin, container_id = %t.container_id, error = %e, "cni DEL failed");
-            first_err.get_or_insert(e);
+        match exec_retrying(exec, &call).await {
+            Ok(_) => {}
+            // A plugin that cannot run cannot hold state we could free through it; the
+            // caller still releases IPAM and the netns directly.
+            Err(e @ CniError::PluginNotFound { .. }) => {
+                tracing::warn!(container_id = %t.container_id, error = %e, "cni DEL skipped");
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %call.plugin, container_id = %t.container_id, error = %e, "cni DEL failed");
+                first_err.get_or_insert(e);
+            }
         }
     }
     first_err.map_or(Ok(()), Err)

@@ -1,0 +1,352 @@
+//! Real-plugin tests: the containernetworking plugins from `ESB_TEST_CNI_BIN_DIR` (default
+//! `/usr/lib/cni`), as root. Skipped when unavailable unless `ESB_REQUIRE_REAL_DAEMONS=1`.
+//! Each test owns bridge `esbt-c<n>` and subnet `10.199.<n>.0/24` (ipMasq false) and removes
+//! them, its pins and its state at the start and the end.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use esb_cni::{AttachState, CniError, CniNetwork};
+use esb_runtime::ErrorKind;
+use esb_runtime::settings::CniSettings;
+
+fn plugin_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("ESB_TEST_CNI_BIN_DIR").unwrap_or_else(|_| "/usr/lib/cni".into()),
+    );
+    let root = nix::unistd::geteuid().is_root();
+    if root && dir.join("bridge").exists() {
+        return Some(dir);
+    }
+    let why = format!("cni plugins at {} (root: {root})", dir.display());
+    if std::env::var("ESB_REQUIRE_REAL_DAEMONS").is_ok_and(|v| v == "1") {
+        panic!("ESB_REQUIRE_REAL_DAEMONS=1 but {why} are not usable");
+    }
+    eprintln!("skipping: {why} not usable");
+    None
+}
+
+/// One test's private network; cleans up host state on creation and on drop.
+struct TestNet {
+    n: u8,
+    dir: tempfile::TempDir,
+    settings: CniSettings,
+}
+
+impl TestNet {
+    fn new(n: u8, bin_dir: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = CniSettings {
+            conf_dir: dir.path().join("conf"),
+            bin_dir: bin_dir.to_path_buf(),
+            conf_file: dir.path().join("conf/10-esbt.conflist"),
+            network_name: format!("esbt-c{n}-net"),
+            bridge: format!("esbt-c{n}"),
+            subnet: format!("10.199.{n}.0/24"),
+            gateway: format!("10.199.{n}.1"),
+            dns_server: format!("10.199.{n}.1"),
+            net_dir: dir.path().join("net"),
+            ip_masq: false,
+            identity_file: dir.path().join("esb-cni.env"),
+        };
+        del_bridge(&settings.bridge);
+        Self { n, dir, settings }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    async fn network(&self) -> CniNetwork {
+        let net = CniNetwork::new(self.settings.clone(), &self.state()).expect("network");
+        net.install().await.expect("install");
+        net
+    }
+
+    fn ipam_files(&self) -> Vec<String> {
+        let dir = self.settings.net_dir.join(&self.settings.network_name);
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .collect()
+    }
+
+    fn pins(&self) -> Vec<String> {
+        list(&self.state().join("cni/netns"))
+    }
+
+    fn journal(&self) -> Vec<String> {
+        list(&self.state().join("cni/attachments"))
+    }
+
+    fn veths(&self) -> usize {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.settings.bridge])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// Asserts nothing of ours is left besides the (empty) bridge, and no iptables rule
+    /// mentions our subnet or bridge.
+    fn assert_clean(&self) {
+        assert!(
+            self.ipam_files().is_empty(),
+            "ipam left: {:?}",
+            self.ipam_files()
+        );
+        assert!(self.pins().is_empty(), "pins left: {:?}", self.pins());
+        assert!(
+            self.journal().is_empty(),
+            "journal left: {:?}",
+            self.journal()
+        );
+        assert_eq!(self.veths(), 0, "veths left on {}", self.settings.bridge);
+        let rules = iptables_rules();
+        let subnet_prefix = format!("10.199.{}.", self.n);
+        assert!(
+            !rules
+                .iter()
+                .any(|l| l.contains(&subnet_prefix) || l.contains(&self.settings.bridge)),
+            "iptables rules left: {rules:?}"
+        );
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for pin in self.pins() {
+            let p = self.state().join("cni/netns").join(pin);
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        del_bridge(&self.settings.bridge);
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn del_bridge(name: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn iptables_rules() -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["nat", "filter"] {
+        if let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() {
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+fn in_subnet(ip: IpAddr, n: u8) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[..3] == [10, 199, n] && v4.octets()[3] > 1 && v4.octets()[3] < 255)
+}
+
+/// Serves one "hello" on `ip:port` from a thread inside the netns at `pin`; also checks that
+/// loopback works in there. Returns once listening.
+fn serve_in_netns(pin: &Path, ip: IpAddr, port: u16) -> std::thread::JoinHandle<()> {
+    let ns = std::fs::File::open(pin).expect("open pin");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let lo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind lo");
+        TcpStream::connect(lo.local_addr().expect("addr"))
+            .expect("loopback is up inside the netns");
+        let l = TcpListener::bind((ip, port)).expect("bind");
+        tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        s.write_all(b"hello").expect("write");
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    h
+}
+
+fn fetch(ip: IpAddr, port: u16) -> String {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(3))
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_reach_detach() {
+    let Some(bin) = plugin_dir() else { return };
+    let t = TestNet::new(1, &bin);
+    let net = t.network().await;
+
+    let conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&t.settings.conf_file).expect("conflist"))
+            .expect("json");
+    assert_eq!(&conf, net.conflist());
+    assert_eq!(
+        conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "10.199.1.0/24"
+    );
+    let ident = std::fs::read_to_string(&t.settings.identity_file).expect("identity");
+    assert!(
+        ident.contains("CNI_SUBNET='10.199.1.0/24'\n")
+            && ident.contains("CNI_GW_IP='10.199.1.1'\n")
+    );
+
+    let a = net.attach("w-1").await.expect("attach");
+    let ip = a.ip.expect("ip");
+    assert!(in_subnet(ip, 1), "{ip}");
+    assert_eq!(a.state, AttachState::Added);
+    assert_eq!(a.ifname, "eth0");
+    assert_eq!(net.attachment("w-1").expect("journal"), Some(a.clone()));
+    assert_eq!(net.attach("w-1").await.expect("idempotent"), a);
+    assert_eq!(t.ipam_files(), vec![ip.to_string()]);
+    assert_eq!(t.veths(), 1);
+    if let Err(e) = net.check("w-1").await {
+        eprintln!("CHECK (best effort) failed: {e}");
+    }
+
+    let server = serve_in_netns(&a.netns_path, ip, 8080);
+    assert_eq!(fetch(ip, 8080), "hello");
+    server.join().expect("server");
+
+    net.detach("w-1").await.expect("detach");
+    t.assert_clean();
+    net.detach("w-1").await.expect("detach twice");
+    net.detach("never-attached").await.expect("detach unknown");
+    assert!(matches!(
+        net.attach("../x").await,
+        Err(CniError::InvalidContainerId(_))
+    ));
+}
+
+/// A bin dir with the real bridge/host-local and a `portmap` that fails ADD (so bridge's ADD
+/// has already reserved an IP and created a veth when the chain fails).
+fn failing_bin_dir(real: &Path, dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for p in ["bridge", "host-local"] {
+        std::os::unix::fs::symlink(real.join(p), bin.join(p)).expect("symlink");
+    }
+    let script = bin.join("portmap");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"injected failure\"}'\n  exit 1\nfi\nexit 0\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_add_leaves_nothing() {
+    let Some(real) = plugin_dir() else { return };
+    let mut t = TestNet::new(2, &real);
+    t.settings.bin_dir = failing_bin_dir(&real, t.dir.path());
+    let net = t.network().await;
+    let err = net.attach("w-fail").await.expect_err("portmap fails");
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(
+        esb_runtime::RuntimeError::from(err).kind(),
+        ErrorKind::Internal
+    );
+    t.assert_clean();
+
+    // A missing plugin: Unavailable, nothing left either.
+    t.settings.bin_dir = t.dir.path().join("empty-bin");
+    let net = t.network().await;
+    let err = net.attach("w-missing").await.expect_err("no plugins");
+    assert!(matches!(err, CniError::PluginNotFound { .. }), "{err}");
+    assert_eq!(
+        esb_runtime::RuntimeError::from(err).kind(),
+        ErrorKind::Unavailable
+    );
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_releases_only_unowned() {
+    let Some(bin) = plugin_dir() else { return };
+    let t = TestNet::new(3, &bin);
+    let net = t.network().await;
+    let live = net.attach("w-live").await.expect("attach live");
+    let dead = net.attach("w-dead").await.expect("attach dead");
+    assert_ne!(live.ip, dead.ip);
+    // A reservation nobody journaled (e.g. the agent died inside ADD long ago) and a stray pin.
+    let store = t.settings.net_dir.join(&t.settings.network_name);
+    std::fs::write(store.join("10.199.3.200"), "ghost\r\neth0").expect("stray ipam");
+    std::fs::write(t.state().join("cni/netns/stray"), b"").expect("stray pin");
+
+    let keep: HashSet<String> = ["w-live".to_string()].into();
+    let released = net.reconcile(&keep).await.expect("reconcile");
+    assert_eq!(released, 3, "w-dead + ghost reservation + stray pin");
+    assert_eq!(t.ipam_files(), vec![live.ip.expect("ip").to_string()]);
+    assert_eq!(t.pins(), vec!["w-live".to_string()]);
+    assert_eq!(net.attachments().expect("list").len(), 1);
+    assert_eq!(t.veths(), 1);
+    assert_eq!(net.reconcile(&keep).await.expect("again"), 0);
+
+    let ip = live.ip.expect("ip");
+    let server = serve_in_netns(&live.netns_path, ip, 8081);
+    assert_eq!(fetch(ip, 8081), "hello");
+    server.join().expect("server");
+
+    assert_eq!(
+        net.reconcile(&HashSet::new()).await.expect("release all"),
+        1
+    );
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_attaches() {
+    let Some(bin) = plugin_dir() else { return };
+    let t = TestNet::new(4, &bin);
+    let net = t.network().await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let net = net.clone();
+        set.spawn(async move { net.attach(&format!("w-{i}")).await });
+    }
+    let mut ips = HashSet::new();
+    while let Some(r) = set.join_next().await {
+        let a = r.expect("join").expect("attach");
+        let ip = a.ip.expect("ip");
+        assert!(in_subnet(ip, 4), "{ip}");
+        ips.insert(ip);
+    }
+    assert_eq!(ips.len(), 20);
+    assert_eq!(t.ipam_files().len(), 20);
+    assert_eq!(t.veths(), 20);
+    let mut dels = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let net = net.clone();
+        dels.spawn(async move { net.detach(&format!("w-{i}")).await });
+    }
+    while let Some(r) = dels.join_next().await {
+        r.expect("join").expect("detach");
+    }
+    t.assert_clean();
+}
