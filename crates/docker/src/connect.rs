@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bollard::{API_DEFAULT_VERSION, Docker};
-use esb_runtime::{Result, RuntimeError};
+use esb_runtime::{ErrorKind, Result, RuntimeError};
 
 use crate::error::{Subject, map};
 
@@ -25,18 +25,20 @@ pub(crate) async fn connect(host: Option<&str>) -> Result<Docker> {
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .unwrap_or(DEFAULT_HOST);
-    let client = client_for(host)?;
     let mut last = None;
-    for delay in RETRY_DELAYS_MS
+    let delays = RETRY_DELAYS_MS
         .iter()
-        .map(|ms| Some(Duration::from_millis(*ms)))
-        .chain([None])
-    {
-        match try_negotiate(&client).await {
+        .map(|ms| Some(Duration::from_millis(*ms)));
+    for delay in delays.chain([None]) {
+        // The client is rebuilt per attempt: bollard refuses a socket path that does not
+        // exist yet (a daemon still starting).
+        let attempt = async { try_negotiate(&client_for(host)?).await };
+        match attempt.await {
             Ok(c) => {
                 tracing::info!(host, api = %c.client_version(), "connected to docker");
                 return Ok(c);
             }
+            Err(e) if e.kind() == ErrorKind::InvalidArgument => return Err(e),
             Err(e) => {
                 tracing::warn!(host, error = %e.chain(), "docker not reachable yet");
                 last = Some(e);
@@ -59,8 +61,11 @@ fn client_for(host: &str) -> Result<Docker> {
             "unsupported DOCKER_HOST {host:?}: use unix://, tcp:// or http://"
         )));
     };
-    client.map_err(|e| {
-        RuntimeError::invalid_argument(format!("invalid DOCKER_HOST {host:?}")).with_source(e)
+    client.map_err(|e| match e {
+        bollard::errors::Error::SocketNotFoundError(_) => {
+            RuntimeError::unavailable(format!("docker socket {host} does not exist")).with_source(e)
+        }
+        e => RuntimeError::invalid_argument(format!("invalid DOCKER_HOST {host:?}")).with_source(e),
     })
 }
 

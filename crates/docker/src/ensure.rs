@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::Inner;
 use crate::convert::{inspect_status, ip_on, unix_seconds};
 use crate::destroy::remove_detached;
-use crate::error::{Subject, map};
+use crate::error::{Subject, map, map_adjusted};
 use crate::image::{ImageRef, ensure_image, parse_ref};
 
 /// Pauses between IP look-ups after the first (SPEC §9: 100 ms … 1.6 s, 5 tries).
@@ -165,17 +165,28 @@ async fn build(
 }
 
 fn create_error(e: bollard::errors::Error) -> RuntimeError {
-    let err = map(e, "create worker", Subject::Worker);
-    if err.kind() != ErrorKind::NotFound {
-        return err;
-    }
-    // 404 on create: the image vanished after the pull, or the network does not exist.
-    let kind = if err.message().contains("network") {
-        ErrorKind::FailedPrecondition
-    } else {
-        ErrorKind::ImageNotFound
-    };
-    RuntimeError::new(kind, err.message().to_string()).with_source(err)
+    map_adjusted(
+        e,
+        "create worker",
+        Subject::Worker,
+        |kind, msg| match kind {
+            // 404 on create: the network does not exist, or the image vanished after the pull.
+            ErrorKind::NotFound if msg.contains("network") => ErrorKind::FailedPrecondition,
+            ErrorKind::NotFound => ErrorKind::ImageNotFound,
+            k => k,
+        },
+    )
+}
+
+fn start_error(e: bollard::errors::Error) -> RuntimeError {
+    map_adjusted(e, "start worker", Subject::Worker, |kind, msg| match kind {
+        // Engine 20.10 resolves the network at start.
+        ErrorKind::NotFound if msg.contains("network") => ErrorKind::FailedPrecondition,
+        // A start failure (missing entrypoint, ...) is about the image or host, not a bad
+        // request from the caller.
+        ErrorKind::InvalidArgument | ErrorKind::NotFound => ErrorKind::Internal,
+        k => k,
+    })
 }
 
 async fn start_and_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
@@ -183,15 +194,7 @@ async fn start_and_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
         .docker
         .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
-        .map_err(|e| {
-            let err = map(e, "start worker", Subject::Worker);
-            // A start failure is about the image or host, not a bad request from the caller.
-            let kind = match err.kind() {
-                ErrorKind::InvalidArgument | ErrorKind::NotFound => ErrorKind::Internal,
-                k => k,
-            };
-            RuntimeError::new(kind, err.message().to_string()).with_source(err)
-        })?;
+        .map_err(start_error)?;
     let network = &inner.settings.network;
     let mut delays = IP_BACKOFF_MS.iter();
     loop {

@@ -13,7 +13,19 @@ pub(crate) enum Subject {
 /// Converts a bollard error into a runtime error: `what` is our lowercase context
 /// ("pause worker"), the daemon's own message is appended for operators.
 pub(crate) fn map(err: DockerError, what: &str, subject: Subject) -> RuntimeError {
+    map_adjusted(err, what, subject, |kind, _| kind)
+}
+
+/// Like [`map`], letting the caller refine the kind from the daemon's message (the same
+/// status means different things to different calls).
+pub(crate) fn map_adjusted(
+    err: DockerError,
+    what: &str,
+    subject: Subject,
+    adjust: impl FnOnce(ErrorKind, &str) -> ErrorKind,
+) -> RuntimeError {
     let (kind, detail) = classify(&err, subject);
+    let kind = adjust(kind, detail.as_deref().unwrap_or_default());
     let message = match detail {
         Some(d) => format!("{what}: {}", d.to_lowercase()),
         None => what.to_string(),

@@ -1,0 +1,130 @@
+//! Pull policies against the local registry: if-not-present pulls only when absent, always
+//! falls back to a local copy, a missing image is ImageNotFound, the default registry is
+//! prepended to host-less references.
+
+use bollard::query_parameters::{PushImageOptions, RemoveImageOptions, TagImageOptions};
+use esb_runtime::settings::PullPolicy;
+use esb_runtime::{ErrorKind, Runtime};
+use futures::StreamExt;
+
+use crate::support::{Ctx, invoke};
+
+/// Tags the worker image as `repo:tag` locally.
+async fn tag(ctx: &Ctx, repo: &str, tag: &str) -> anyhow::Result<()> {
+    let opts = TagImageOptions {
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    ctx.raw.tag_image(&ctx.image(), Some(opts)).await?;
+    Ok(())
+}
+
+async fn untag(ctx: &Ctx, reference: &str) {
+    let opts = RemoveImageOptions {
+        force: true,
+        ..Default::default()
+    };
+    let _ = ctx.raw.remove_image(reference, Some(opts), None).await;
+}
+
+async fn present(ctx: &Ctx, reference: &str) -> bool {
+    ctx.raw.inspect_image(reference).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_not_present_pulls_when_absent() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let mut ctx = Ctx::new(env, 10).await?;
+    let registry = ctx.env.registry.clone().unwrap_or_default();
+    // A reference of our own, pushed to the registry and then dropped locally.
+    let repo = format!("{registry}/esbt-dk/pull-ifnp");
+    let reference = format!("{repo}:t10");
+    tag(&ctx, &repo, "t10").await?;
+    let mut push = ctx.raw.push_image(
+        &repo,
+        Some(PushImageOptions {
+            tag: Some("t10".into()),
+            ..Default::default()
+        }),
+        None,
+    );
+    while let Some(item) = push.next().await {
+        item?;
+    }
+    untag(&ctx, &reference).await;
+    assert!(!present(&ctx, &reference).await);
+
+    ctx.common.registry.pull_policy = PullPolicy::IfNotPresent;
+    let rt = ctx.runtime().await?;
+    // Host-less reference: the default registry (the local one) is prepended.
+    let mut req = ctx.request("pull-ifnp");
+    req.image = "esbt-dk/pull-ifnp:t10".into();
+    let w = rt.ensure(req).await?;
+    assert!(present(&ctx, &reference).await);
+    invoke(w.ip, "{}").await?;
+    assert!(rt.destroy(&w.id).await?);
+
+    // `always` re-pulls a present image and works.
+    ctx.common.registry.pull_policy = PullPolicy::Always;
+    let rt = ctx.runtime().await?;
+    let mut req = ctx.request("pull-always");
+    req.image = reference.clone();
+    let w = rt.ensure(req).await?;
+    assert!(rt.destroy(&w.id).await?);
+    untag(&ctx, &reference).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_falls_back_to_local_copy() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let mut ctx = Ctx::new(env, 11).await?;
+    ctx.common.registry.pull_policy = PullPolicy::Always;
+    // Nothing listens on port 1: the pull fails, the local copy serves.
+    let repo = "127.0.0.1:1/esbt-dk/fallback";
+    tag(&ctx, repo, "t11").await?;
+    let rt = ctx.runtime().await?;
+    let mut req = ctx.request("fallback");
+    req.image = format!("{repo}:t11");
+    let w = rt.ensure(req).await?;
+    invoke(w.ip, "{}").await?;
+    assert!(rt.destroy(&w.id).await?);
+    untag(&ctx, &format!("{repo}:t11")).await;
+
+    // No local copy either: the registry is unreachable.
+    let mut req = ctx.request("fallback");
+    req.image = format!("{repo}:absent");
+    let err = rt.ensure(req).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Unavailable));
+    assert!(ctx.containers().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_is_image_not_found_without_leftover() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 12).await?;
+    let rt = ctx.runtime().await?;
+    let registry = ctx.env.registry.clone().unwrap_or_default();
+    let mut req = ctx.request("missing");
+    req.image = format!("{registry}/esbt-dk/does-not-exist:nope");
+    let err = rt.ensure(req).await.err();
+    assert_eq!(
+        err.as_ref().map(|e| e.kind()),
+        Some(ErrorKind::ImageNotFound),
+        "{err:?}"
+    );
+    // A malformed reference is the caller's fault.
+    let mut req = ctx.request("missing");
+    req.image = "Not A Ref".into();
+    let err = rt.ensure(req).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+    assert!(ctx.containers().await?.is_empty());
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Shared helpers of the real-dockerd tests: per-test identity, settings, a cleanup guard,
+//! raw daemon access and a plain HTTP invoke of a worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use esb_docker::DockerRuntime;
+use esb_runtime::identity::Identity;
+use esb_runtime::settings::{
+    CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
+};
+use esb_runtime::{EnsureRequest, WORKER_PORT};
+use esb_testkit::DevEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
+
+/// One test's world: its brand (`esbt-dk-<n>`), settings and the dev env.
+pub struct Ctx {
+    pub env: DevEnv,
+    pub brand: String,
+    pub common: CommonSettings,
+    pub docker: DockerSettings,
+    pub raw: Docker,
+    _guard: Guard,
+}
+
+impl Ctx {
+    /// Settings for test `n`; removes leftovers of an earlier run of the same test first.
+    pub async fn new(env: DevEnv, n: u32) -> anyhow::Result<Self> {
+        let brand = format!("esbt-dk-{n}");
+        let host = env.docker_host.clone().context("docker host")?;
+        let raw = Docker::connect_with_unix(&host, 120, bollard::API_DEFAULT_VERSION)?;
+        let common = CommonSettings {
+            identity: Identity::new(brand.clone(), "test"),
+            registry: RegistrySettings {
+                default_registry: env.registry.clone().unwrap_or_default(),
+                insecure: true,
+                ca_path: None,
+                ca_only: false,
+                pull_policy: PullPolicy::IfNotPresent,
+            },
+            worker: WorkerDefaults::default(),
+            state_dir: std::env::temp_dir().join(&brand),
+            worker_log_max_bytes: 1024 * 1024,
+        };
+        let docker = DockerSettings {
+            host: Some(host),
+            network: env.docker_network.clone().context("docker network")?,
+        };
+        remove_brand(&raw, &brand).await;
+        Ok(Self {
+            _guard: Guard {
+                raw: raw.clone(),
+                brand: brand.clone(),
+            },
+            env,
+            brand,
+            common,
+            docker,
+            raw,
+        })
+    }
+
+    pub async fn runtime(&self) -> anyhow::Result<Arc<DockerRuntime>> {
+        Ok(Arc::new(
+            DockerRuntime::connect(self.common.clone(), self.docker.clone()).await?,
+        ))
+    }
+
+    pub fn image(&self) -> String {
+        self.env.worker_image.clone().unwrap_or_default()
+    }
+
+    pub fn request(&self, function: &str) -> EnsureRequest {
+        EnsureRequest {
+            function_name: function.to_string(),
+            image: self.image(),
+            env: BTreeMap::from([(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_string(),
+                "512".to_string(),
+            )]),
+            owner_id: "owner-1".to_string(),
+        }
+    }
+
+    /// Every container (any state) carrying this test's `created_by` label.
+    pub async fn containers(&self) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+        containers_of(&self.raw, &self.brand).await
+    }
+}
+
+async fn containers_of(
+    raw: &Docker,
+    brand: &str,
+) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("created_by={brand}-agent")],
+        )])),
+        ..Default::default()
+    };
+    Ok(raw.list_containers(Some(opts)).await?)
+}
+
+async fn remove_brand(raw: &Docker, brand: &str) {
+    if let Ok(list) = containers_of(raw, brand).await {
+        for c in list {
+            if let Some(id) = c.id {
+                let opts = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
+                let _ = raw.remove_container(&id, Some(opts)).await;
+            }
+        }
+    }
+}
+
+/// Removes every container of the test's brand when the test ends, even by panic.
+struct Guard {
+    raw: Docker,
+    brand: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let raw = self.raw.clone();
+        let brand = self.brand.clone();
+        // Drop cannot await; a separate thread with its own runtime does the async cleanup.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(remove_brand(&raw, &brand));
+            }
+        })
+        .join();
+    }
+}
+
+/// POSTs `payload` to the worker's invoke endpoint; retries while the worker is not yet
+/// listening (Ensure does not wait for port 8080).
+pub async fn invoke(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match invoke_once(ip, payload).await {
+            Ok(body) => return Ok(body),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub async fn invoke_once(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect((ip, WORKER_PORT)).await?;
+    let req = format!(
+        "POST {INVOKE_PATH} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no http response");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "worker answered {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_string())
+}
