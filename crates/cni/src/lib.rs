@@ -2,6 +2,8 @@
 //! executor, pinned network namespaces, the durable attachment journal and reconcile of
 //! IPAM reservations and pins that no live worker owns. Entry point: [`CniNetwork`].
 
+#[cfg(test)]
+mod bench;
 mod chain;
 pub mod conflist;
 pub mod error;

@@ -99,6 +99,13 @@ pub(crate) fn remove(path: &Path) -> Result<(), CniError> {
     }
 }
 
+/// Whether `path` currently pins a network namespace (an nsfs bind mount). After a reboot the
+/// pin files survive on disk but are plain files.
+pub(crate) fn is_pinned(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
 /// File names in the pin directory (temp-free: pins are plain files named by container id).
 pub(crate) fn list(dir: &Path) -> Result<Vec<String>, CniError> {
     let entries = match fs::read_dir(dir) {

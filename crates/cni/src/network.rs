@@ -275,7 +275,7 @@ fn target(a: &Attachment) -> Target {
 
 async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniError> {
     if let Some(existing) = inner.journal.read(id)? {
-        if existing.state == AttachState::Added && existing.netns_path.exists() {
+        if existing.state == AttachState::Added && netns::is_pinned(&existing.netns_path) {
             return Ok(existing);
         }
         // A stale half-done attachment (crash mid-ADD): clear it before starting over.
@@ -343,6 +343,17 @@ async fn detach_locked(inner: &Arc<Inner>, id: &str) -> Result<(), CniError> {
 /// DEL + unpin + journal removal; on DEL failure releases IPAM directly, unpins, keeps the
 /// journal entry (for a later DEL retry) and returns the DEL error.
 async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
+    let pin = a.netns_path.clone();
+    // A pin file that no longer pins a netns (host rebooted) would make bridge's DEL fail;
+    // without the file DEL treats the netns as gone and only releases IPAM.
+    blocking(move || {
+        if pin.exists() && !netns::is_pinned(&pin) {
+            netns::remove(&pin)
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
     let del = chain::del(
         inner.exec.as_ref(),
         &inner.conflist,

@@ -350,3 +350,27 @@ async fn twenty_concurrent_attaches() {
     }
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_after_reboot_like_state() {
+    let Some(bin) = plugin_dir() else { return };
+    let t = TestNet::new(6, &bin);
+    let net = t.network().await;
+    let a = net.attach("w-boot").await.expect("attach");
+    // After a reboot the pin file is a plain file again and the veth is gone.
+    nix::mount::umount2(&a.netns_path, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+    let other = CniNetwork::new(t.settings.clone(), &t.state()).expect("restarted agent");
+    assert_eq!(other.attachments().expect("journal survives").len(), 1);
+    assert_eq!(
+        other.reconcile(&HashSet::new()).await.expect("reconcile"),
+        1
+    );
+    // The netns dies asynchronously once unmounted; its veth goes with it.
+    for _ in 0..50 {
+        if t.veths() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.assert_clean();
+}
