@@ -1,7 +1,23 @@
 //! The agent's gRPC server: thin handlers over `Arc<dyn Runtime>`, the worker table, the
 //! InvokeWorker proxy, authentication (mTLS, token, allow-list), health, reflection and the
-//! Prometheus endpoint.
+//! Prometheus endpoint. Entry point: [`bind`], then [`BoundServer::run`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod convert;
+pub mod error;
+mod grpc;
+mod health;
+pub mod invoke;
+pub mod metrics;
+mod rpc;
+mod serve;
+pub mod service;
 pub mod settings;
+pub mod status;
+pub mod tls;
+pub mod workers;
 
+pub use error::ServerError;
+pub use serve::{BoundServer, bind};
 pub use settings::*;

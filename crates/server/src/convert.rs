@@ -1,0 +1,355 @@
+//! Proto ↔ domain conversion and input validation (SPEC §3 order and messages, §10 bounds).
+//! Every rejection is INVALID_ARGUMENT or RESOURCE_EXHAUSTED with a clear message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use esb_proto::v1;
+use esb_runtime::{EnsureRequest, Worker, WorkerMetrics, WorkerStatus, names};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+
+use crate::status::ApiError;
+
+/// Longest accepted container id / owner id, bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest accepted image reference, bytes.
+pub const MAX_IMAGE_BYTES: usize = 4096;
+/// Most env entries per worker.
+pub const MAX_ENV_ENTRIES: usize = 1024;
+/// Largest total env size (keys + values), bytes.
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+/// Most headers per invocation.
+pub const MAX_HEADERS: usize = 128;
+/// Largest total header size (names + values), bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Longest invoke path, bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest per-call invoke timeout (Lambda's own maximum); larger values are clamped.
+pub const MAX_INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
+/// RIE invocation path used when `path` is empty (compat).
+pub const DEFAULT_INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
+
+/// A validated container id + owner pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub container_id: String,
+    pub owner_id: String,
+}
+
+/// A validated InvokeWorker call.
+#[derive(Debug, Clone)]
+pub struct InvokeCall {
+    pub target: Target,
+    pub path: PathAndQuery,
+    pub payload: Bytes,
+    pub headers: HeaderMap,
+    /// From `timeout_ms` (≤ 0 → the default), clamped to [`MAX_INVOKE_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A required, trimmed identifier field.
+fn required_id(field: &str, value: &str) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::InvalidArgument(format!("{field} is required")));
+    }
+    if v.len() > MAX_ID_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{field} is too long ({} bytes, max {MAX_ID_BYTES})",
+            v.len()
+        )));
+    }
+    if has_control(v) {
+        return Err(ApiError::InvalidArgument(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+/// `owner_id` (every RPC): trimmed, required.
+pub fn owner(owner_id: &str) -> Result<String, ApiError> {
+    required_id("owner_id", owner_id)
+}
+
+/// Id-based RPCs: container_id first, then owner_id.
+pub fn target(container_id: &str, owner_id: &str) -> Result<Target, ApiError> {
+    let container_id = required_id("container_id", container_id)?;
+    let owner_id = owner(owner_id)?;
+    Ok(Target {
+        container_id,
+        owner_id,
+    })
+}
+
+/// EnsureContainer: function_name → owner_id → image → env.
+pub fn ensure_request(req: v1::EnsureContainerRequest) -> Result<EnsureRequest, ApiError> {
+    if req.function_name.trim().is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "function_name is required".into(),
+        ));
+    }
+    names::validate_function_name(&req.function_name)?;
+    let owner_id = owner(&req.owner_id)?;
+    let image = req.image.trim();
+    if image.is_empty() {
+        return Err(ApiError::InvalidArgument("image is required".into()));
+    }
+    if image.len() > MAX_IMAGE_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "image is too long ({} bytes, max {MAX_IMAGE_BYTES})",
+            image.len()
+        )));
+    }
+    if image.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::InvalidArgument(
+            "image contains whitespace or control characters".into(),
+        ));
+    }
+    let env = env(req.env)?;
+    Ok(EnsureRequest {
+        function_name: req.function_name,
+        image: image.to_owned(),
+        env,
+        owner_id,
+    })
+}
+
+fn env(map: HashMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    if map.len() > MAX_ENV_ENTRIES {
+        return Err(ApiError::TooLarge(format!(
+            "env has too many entries ({}, max {MAX_ENV_ENTRIES})",
+            map.len()
+        )));
+    }
+    let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "env is too large ({total} bytes, max {MAX_ENV_BYTES})"
+        )));
+    }
+    for (k, v) in &map {
+        // Names only (never values: they are secrets).
+        if k.is_empty() || k.contains('=') || has_control(k) {
+            return Err(ApiError::InvalidArgument(format!(
+                "invalid env name {:?}: must be non-empty, without '=' or control characters",
+                truncate(k)
+            )));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::InvalidArgument(format!(
+                "env value of {:?} contains a NUL byte",
+                truncate(k)
+            )));
+        }
+    }
+    Ok(map.into_iter().collect())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// InvokeWorker: container_id → owner_id → path → headers → timeout.
+pub fn invoke_request(
+    req: v1::InvokeWorkerRequest,
+    default_timeout: Duration,
+) -> Result<InvokeCall, ApiError> {
+    let target = target(&req.container_id, &req.owner_id)?;
+    let path = invoke_path(&req.path)?;
+    let headers = invoke_headers(req.headers)?;
+    let timeout = if req.timeout_ms <= 0 {
+        default_timeout
+    } else {
+        Duration::from_millis(req.timeout_ms as u64)
+    }
+    .min(MAX_INVOKE_TIMEOUT);
+    Ok(InvokeCall {
+        target,
+        path,
+        payload: Bytes::from(req.payload),
+        headers,
+        timeout,
+    })
+}
+
+fn invoke_path(raw: &str) -> Result<PathAndQuery, ApiError> {
+    let raw = raw.trim();
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "path is too long ({} bytes, max {MAX_PATH_BYTES})",
+            raw.len()
+        )));
+    }
+    let path = if raw.is_empty() {
+        DEFAULT_INVOKE_PATH.to_owned()
+    } else if raw.starts_with('/') {
+        raw.to_owned()
+    } else {
+        format!("/{raw}")
+    };
+    path.parse::<PathAndQuery>()
+        .map_err(|_| ApiError::InvalidArgument("path is not a valid http path".into()))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones the proxy sets itself.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn invoke_headers(map: HashMap<String, String>) -> Result<HeaderMap, ApiError> {
+    if map.len() > MAX_HEADERS {
+        return Err(ApiError::TooLarge(format!(
+            "too many headers ({}, max {MAX_HEADERS})",
+            map.len()
+        )));
+    }
+    let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "headers are too large ({total} bytes, max {MAX_HEADER_BYTES})"
+        )));
+    }
+    let mut out = HeaderMap::with_capacity(map.len());
+    for (k, v) in map {
+        // Compat: empty keys are skipped, not rejected.
+        if k.trim().is_empty() {
+            continue;
+        }
+        let name = HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| {
+            ApiError::InvalidArgument(format!("invalid header name {:?}", truncate(&k)))
+        })?;
+        if is_hop_by_hop(&name)
+            || name == http::header::HOST
+            || name == http::header::CONTENT_LENGTH
+        {
+            continue;
+        }
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| ApiError::InvalidArgument(format!("invalid value for header {name}")))?;
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+pub fn worker_info(w: &Worker) -> v1::WorkerInfo {
+    v1::WorkerInfo {
+        id: w.id.clone(),
+        name: w.name.clone(),
+        ip_address: w.ip.to_string(),
+        port: i32::from(w.port),
+    }
+}
+
+pub fn container_metrics(m: WorkerMetrics) -> v1::GetContainerMetricsResponse {
+    v1::GetContainerMetricsResponse {
+        metrics: Some(v1::ContainerMetrics {
+            container_id: m.id,
+            function_name: m.function_name,
+            container_name: m.name,
+            state: m
+                .status
+                .unwrap_or(WorkerStatus::Unknown)
+                .as_str()
+                .to_owned(),
+            memory_current: m.memory_current,
+            memory_max: m.memory_max,
+            oom_events: m.oom_events,
+            cpu_usage_ns: m.cpu_usage_ns,
+            exit_code: m.exit_code,
+            restart_count: m.restart_count,
+            exit_time: m.exit_time,
+            collected_at: m.collected_at,
+        }),
+    }
+}
+
+pub fn list_response(listed: Vec<crate::service::Listed>) -> v1::ListContainersResponse {
+    v1::ListContainersResponse {
+        containers: listed
+            .into_iter()
+            .map(|l| v1::ContainerState {
+                container_id: l.state.id,
+                function_name: l.state.function_name,
+                status: l.state.status.as_str().to_owned(),
+                last_used_at: l.last_used_at,
+                container_name: l.state.name,
+                created_at: l.state.created_at,
+                owner_id: l.state.owner_id,
+            })
+            .collect(),
+    }
+}
+
+pub fn invoke_response(r: crate::invoke::InvokeReply) -> v1::InvokeWorkerResponse {
+    v1::InvokeWorkerResponse {
+        status_code: i32::from(r.status),
+        headers: r.headers,
+        body: r.body.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_defaults_and_normalises() {
+        assert_eq!(invoke_path("").unwrap().as_str(), DEFAULT_INVOKE_PATH);
+        assert_eq!(invoke_path("a/b?x=1").unwrap().as_str(), "/a/b?x=1");
+        assert_eq!(invoke_path("/x").unwrap().as_str(), "/x");
+        assert!(invoke_path("/a b").is_err());
+    }
+
+    #[test]
+    fn headers_skip_empty_and_hop_by_hop() {
+        let map = HashMap::from([
+            (String::new(), "v".to_owned()),
+            ("Connection".to_owned(), "close".to_owned()),
+            ("Host".to_owned(), "evil".to_owned()),
+            ("Content-Length".to_owned(), "9".to_owned()),
+            ("X-Keep".to_owned(), "1".to_owned()),
+        ]);
+        let h = invoke_headers(map).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn timeout_defaults_and_clamps() {
+        let mk = |t| v1::InvokeWorkerRequest {
+            container_id: "c".into(),
+            owner_id: "o".into(),
+            timeout_ms: t,
+            ..Default::default()
+        };
+        let d = Duration::from_secs(30);
+        assert_eq!(invoke_request(mk(0), d).unwrap().timeout, d);
+        assert_eq!(invoke_request(mk(-5), d).unwrap().timeout, d);
+        assert_eq!(
+            invoke_request(mk(i32::MAX), d).unwrap().timeout,
+            MAX_INVOKE_TIMEOUT
+        );
+        assert_eq!(
+            invoke_request(mk(250), d).unwrap().timeout,
+            Duration::from_millis(250)
+        );
+    }
+}

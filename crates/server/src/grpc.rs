@@ -1,0 +1,125 @@
+//! Thin tonic handlers: validate/convert → call the core → convert back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use esb_proto::v1;
+use esb_proto::v1::agent_service_server::AgentService;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::rpc::RpcContext;
+use crate::service::{Core, parse_grpc_timeout};
+
+/// Margin so our own deadline fires before tonic's (which would answer CANCELLED).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
+
+pub struct Grpc {
+    pub(crate) core: Arc<Core>,
+}
+
+fn ctx<T>(req: &Request<T>) -> Arc<RpcContext> {
+    req.extensions()
+        .get::<Arc<RpcContext>>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl AgentService for Grpc {
+    async fn ensure_container(
+        &self,
+        request: Request<v1::EnsureContainerRequest>,
+    ) -> Result<Response<v1::WorkerInfo>, Status> {
+        let ctx = ctx(&request);
+        let req = convert::ensure_request(request.into_inner())?;
+        ctx.set_owner(&req.owner_id);
+        let worker = self.core.ensure(req).await?;
+        ctx.set_container(&worker.id);
+        Ok(Response::new(convert::worker_info(&worker)))
+    }
+
+    async fn destroy_container(
+        &self,
+        request: Request<v1::DestroyContainerRequest>,
+    ) -> Result<Response<v1::DestroyContainerResponse>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let t = convert::target(&r.container_id, &r.owner_id)?;
+        ctx.set_target(&t);
+        let success = self.core.destroy(t).await?;
+        Ok(Response::new(v1::DestroyContainerResponse { success }))
+    }
+
+    async fn pause_container(
+        &self,
+        request: Request<v1::PauseContainerRequest>,
+    ) -> Result<Response<v1::PauseContainerResponse>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let t = convert::target(&r.container_id, &r.owner_id)?;
+        ctx.set_target(&t);
+        self.core.pause(t).await?;
+        Ok(Response::new(v1::PauseContainerResponse { success: true }))
+    }
+
+    async fn resume_container(
+        &self,
+        request: Request<v1::ResumeContainerRequest>,
+    ) -> Result<Response<v1::ResumeContainerResponse>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let t = convert::target(&r.container_id, &r.owner_id)?;
+        ctx.set_target(&t);
+        self.core.resume(t).await?;
+        Ok(Response::new(v1::ResumeContainerResponse { success: true }))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        let ctx = ctx(&request);
+        let owner = convert::owner(&request.get_ref().owner_id)?;
+        ctx.set_owner(&owner);
+        let listed = self.core.list(&owner).await?;
+        Ok(Response::new(convert::list_response(listed)))
+    }
+
+    async fn get_container_metrics(
+        &self,
+        request: Request<v1::GetContainerMetricsRequest>,
+    ) -> Result<Response<v1::GetContainerMetricsResponse>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let t = convert::target(&r.container_id, &r.owner_id)?;
+        ctx.set_target(&t);
+        let m = self.core.metrics(t).await?;
+        Ok(Response::new(convert::container_metrics(m)))
+    }
+
+    async fn invoke_worker(
+        &self,
+        request: Request<v1::InvokeWorkerRequest>,
+    ) -> Result<Response<v1::InvokeWorkerResponse>, Status> {
+        let ctx = ctx(&request);
+        let grpc_deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| Instant::now() + d.saturating_sub(DEADLINE_MARGIN));
+        let default = self.core.invoker.settings().default_timeout;
+        let call = convert::invoke_request(request.into_inner(), default)?;
+        ctx.set_target(&call.target);
+        let reply = self.core.invoke(call, grpc_deadline).await?;
+        Ok(Response::new(convert::invoke_response(reply)))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _request: Request<v1::GetCapabilitiesRequest>,
+    ) -> Result<Response<v1::Capabilities>, Status> {
+        Ok(Response::new(self.core.capabilities()))
+    }
+}

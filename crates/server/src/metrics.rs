@@ -1,0 +1,257 @@
+//! Prometheus metrics: one registry, the compat gRPC metric names, the agent's own
+//! `esb_agent_*` metrics and cheap process metrics read from /proc (catalogue: docs/metrics.md).
+
+mod http;
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use self::http::serve as serve_http;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcCodeLabels {
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~105 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 22))
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    grpc_handled: Family<GrpcCodeLabels, Counter>,
+    grpc_seconds: Family<GrpcLabels, Histogram, fn() -> Histogram>,
+    invoke_total: Family<OutcomeLabels, Counter>,
+    invoke_seconds: Histogram,
+    invoke_retries: Counter,
+    ensure_seconds: Histogram,
+    workers: Family<StateLabels, Gauge>,
+    gc_reclaimed: Counter,
+    gc_released: Counter,
+    process_rss: Gauge,
+    process_fds: Gauge,
+    process_cpu: Counter<f64, AtomicU64>,
+    last_cpu: Mutex<f64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let grpc_handled = Family::<GrpcCodeLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure",
+            grpc_handled.clone(),
+        );
+        let grpc_seconds: Family<GrpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
+            grpc_seconds.clone(),
+        );
+        let invoke_total = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "esb_agent_invoke",
+            "InvokeWorker calls by outcome (ok, deadline, cancelled, too_large, unavailable, error)",
+            invoke_total.clone(),
+        );
+        let invoke_seconds = latency_histogram();
+        registry.register(
+            "esb_agent_invoke_duration_seconds",
+            "InvokeWorker latency, seconds, including cold-start waits",
+            invoke_seconds.clone(),
+        );
+        let invoke_retries = Counter::default();
+        registry.register(
+            "esb_agent_invoke_connect_retries",
+            "Connect attempts retried because the worker refused the connection (cold start)",
+            invoke_retries.clone(),
+        );
+        let ensure_seconds = latency_histogram();
+        registry.register(
+            "esb_agent_ensure_duration_seconds",
+            "EnsureContainer latency (successful creations), seconds",
+            ensure_seconds.clone(),
+        );
+        let workers = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "esb_agent_workers",
+            "Workers known to the agent, by state",
+            workers.clone(),
+        );
+        let gc_reclaimed = Counter::default();
+        registry.register(
+            "esb_agent_gc_reclaimed_workers",
+            "Broken workers removed by GC and reconcile",
+            gc_reclaimed.clone(),
+        );
+        let gc_released = Counter::default();
+        registry.register(
+            "esb_agent_gc_released_resources",
+            "Orphaned resources (IPs, netns, logs) released by GC and reconcile",
+            gc_released.clone(),
+        );
+        let process_rss = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            process_rss.clone(),
+        );
+        let process_fds = Gauge::default();
+        registry.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            process_fds.clone(),
+        );
+        let process_cpu = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            process_cpu.clone(),
+        );
+        Self {
+            registry,
+            grpc_handled,
+            grpc_seconds,
+            invoke_total,
+            invoke_seconds,
+            invoke_retries,
+            ensure_seconds,
+            workers,
+            gc_reclaimed,
+            gc_released,
+            process_rss,
+            process_fds,
+            process_cpu,
+            last_cpu: Mutex::new(0.0),
+        }
+    }
+
+    /// One finished RPC (`service`/`method` must come from a bounded set).
+    pub fn rpc_done(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+        self.grpc_handled
+            .get_or_create(&GrpcCodeLabels {
+                grpc_service: service.to_owned(),
+                grpc_method: method.to_owned(),
+                grpc_code: code.to_owned(),
+            })
+            .inc();
+        self.grpc_seconds
+            .get_or_create(&GrpcLabels {
+                grpc_service: service.to_owned(),
+                grpc_method: method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn invoke_done(&self, outcome: &str, elapsed: Duration) {
+        self.invoke_total
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.invoke_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn invoke_retry(&self) {
+        self.invoke_retries.inc();
+    }
+
+    pub fn ensure_done(&self, elapsed: Duration) {
+        self.ensure_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn gc_done(&self, removed_workers: usize, released: u64) {
+        self.gc_reclaimed.inc_by(removed_workers as u64);
+        self.gc_released.inc_by(released);
+    }
+
+    /// Sets the workers gauge from `(state, count)` pairs; states absent are zero.
+    pub fn set_workers(&self, counts: &[(&str, i64)]) {
+        for state in ["RUNNING", "PAUSED", "STOPPED", "UNKNOWN"] {
+            let n = counts
+                .iter()
+                .filter(|(s, _)| *s == state)
+                .map(|(_, n)| *n)
+                .sum();
+            self.workers
+                .get_or_create(&StateLabels {
+                    state: state.to_owned(),
+                })
+                .set(n);
+        }
+    }
+
+    /// The OpenMetrics text of every metric (process metrics refreshed first).
+    pub fn encode(&self) -> String {
+        self.refresh_process();
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn refresh_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            self.process_rss.set(kb * 1024);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(dir.count() as i64);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+        {
+            // Fields after the command name: state is #3, utime #14, stime #15 (USER_HZ=100).
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let total = (ticks(11) + ticks(12)) / 100.0;
+            let mut last = self.last_cpu.lock().unwrap_or_else(|e| e.into_inner());
+            if total > *last {
+                self.process_cpu.inc_by(total - *last);
+                *last = total;
+            }
+        }
+    }
+}

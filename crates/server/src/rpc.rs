@@ -1,0 +1,272 @@
+//! The per-RPC tower layer: bearer-token check, one log line per RPC (method, code, duration,
+//! owner, container id — never payloads or env values) and the compat gRPC metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::convert::Target;
+use crate::metrics::Metrics;
+
+/// Identifiers a handler learnt, for the RPC's log line (set after validation only).
+#[derive(Debug, Default)]
+pub struct RpcContext {
+    owner: OnceLock<String>,
+    container: OnceLock<String>,
+}
+
+impl RpcContext {
+    pub fn set_owner(&self, owner: &str) {
+        let _ = self.owner.set(owner.to_owned());
+    }
+    pub fn set_container(&self, id: &str) {
+        let _ = self.container.set(id.to_owned());
+    }
+    pub fn set_target(&self, t: &Target) {
+        self.set_owner(&t.owner_id);
+        self.set_container(&t.container_id);
+    }
+}
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Known services and methods: metric labels stay bounded whatever path a client sends.
+const KNOWN: &[(&str, &[&str])] = &[
+    (
+        esb_proto::SERVICE_NAME,
+        &[
+            "EnsureContainer",
+            "DestroyContainer",
+            "PauseContainer",
+            "ResumeContainer",
+            "ListContainers",
+            "GetContainerMetrics",
+            "InvokeWorker",
+            "GetCapabilities",
+        ],
+    ),
+    (HEALTH_SERVICE, &["Check", "Watch", "List"]),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+];
+
+fn split_path(path: &str) -> (&'static str, &'static str) {
+    let mut it = path.trim_start_matches('/').splitn(2, '/');
+    let (svc, method) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+    for (s, methods) in KNOWN {
+        if *s == svc {
+            let m = methods
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("unknown");
+            return (s, m);
+        }
+    }
+    ("unknown", "unknown")
+}
+
+/// Go-style code names, as go-grpc-prometheus labels them (compat dashboards).
+fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Constant-time comparison (the token is a secret; never logged).
+fn token_matches(expected: &[u8], got: &[u8]) -> bool {
+    if expected.len() != got.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(got)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Arc<Metrics>,
+    token: Option<Arc<str>>,
+}
+
+impl RpcLayer {
+    pub fn new(metrics: Arc<Metrics>, token: Option<String>) -> Self {
+        Self {
+            metrics,
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    layer: RpcLayer,
+}
+
+/// Logs and counts the RPC when dropped: a cancelled call (future dropped) is recorded too.
+struct Finish {
+    metrics: Arc<Metrics>,
+    service: &'static str,
+    method: &'static str,
+    ctx: Arc<RpcContext>,
+    started: Instant,
+    code: i32,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let code = code_name(self.code);
+        self.metrics
+            .rpc_done(self.service, self.method, code, elapsed);
+        tracing::info!(
+            service = self.service,
+            method = self.method,
+            code,
+            duration_us = elapsed.as_micros() as u64,
+            owner = self.ctx.owner.get().map(String::as_str).unwrap_or(""),
+            container_id = self.ctx.container.get().map(String::as_str).unwrap_or(""),
+            "rpc"
+        );
+    }
+}
+
+impl Finish {
+    fn set_code(&mut self, code: i32) {
+        self.code = code;
+    }
+}
+
+fn response_code<B>(resp: &http::Response<B>) -> i32 {
+    // Errors of unary calls travel as trailers-only responses: the code is in the headers.
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqB, ResB> Service<http::Request<ReqB>> for RpcService<S>
+where
+    S: Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        let (service, method) = split_path(req.uri().path());
+        let ctx = Arc::new(RpcContext::default());
+        req.extensions_mut().insert(ctx.clone());
+        let mut finish = Finish {
+            metrics: self.layer.metrics.clone(),
+            service,
+            method,
+            ctx,
+            started: Instant::now(),
+            code: 1,
+        };
+        if let Some(token) = &self.layer.token
+            && service != HEALTH_SERVICE
+        {
+            let got = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .unwrap_or_default();
+            if !token_matches(token.as_bytes(), got) {
+                finish.set_code(tonic::Code::Unauthenticated as i32);
+                let resp = Status::unauthenticated("missing or invalid bearer token").into_http();
+                return Box::pin(async move {
+                    drop(finish);
+                    Ok(resp)
+                });
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let res = inner.call(req).await;
+            finish.set_code(match &res {
+                Ok(resp) => response_code(resp),
+                Err(_) => tonic::Code::Unknown as i32,
+            });
+            res
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(
+            split_path("/esb.agent.v1.AgentService/InvokeWorker"),
+            (esb_proto::SERVICE_NAME, "InvokeWorker")
+        );
+        assert_eq!(
+            split_path("/esb.agent.v1.AgentService/Nope"),
+            (esb_proto::SERVICE_NAME, "unknown")
+        );
+        assert_eq!(split_path("/x.y/Z"), ("unknown", "unknown"));
+    }
+
+    #[test]
+    fn token_compare() {
+        assert!(token_matches(b"abc", b"abc"));
+        assert!(!token_matches(b"abc", b"abd"));
+        assert!(!token_matches(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The service core: SPEC §3 semantics over the runtime and the worker table (ownership,
+//! idempotent destroy, last-used touches), with validated domain inputs and outputs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use esb_proto::v1;
+use esb_runtime::{
+    EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerState, WorkerStatus,
+};
+
+use crate::convert::{InvokeCall, Target};
+use crate::invoke::{InvokeReply, Invoker};
+use crate::metrics::Metrics;
+use crate::status::ApiError;
+use crate::workers::{Entry, WorkerTable};
+
+/// Static facts GetCapabilities reports besides the runtime's.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    pub agent_version: String,
+    pub tls_enabled: bool,
+    pub max_request_bytes: u64,
+}
+
+/// Everything the handlers call.
+pub struct Core {
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) table: Arc<WorkerTable>,
+    pub(crate) invoker: Invoker,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) facts: AgentFacts,
+}
+
+/// A listed worker with its last use.
+pub struct Listed {
+    pub state: WorkerState,
+    pub last_used_at: i64,
+}
+
+impl Core {
+    pub async fn ensure(&self, req: EnsureRequest) -> Result<Worker, ApiError> {
+        let started = Instant::now();
+        let worker = self.runtime.ensure(req).await?;
+        self.table.insert_created(&worker);
+        self.metrics.ensure_done(started.elapsed());
+        Ok(worker)
+    }
+
+    /// The entry of `t.container_id` if `t.owner_id` owns it; `Ok(None)` when unknown.
+    async fn find_owned(&self, t: &Target) -> Result<Option<Entry>, ApiError> {
+        let Some(entry) = self.table.lookup(&t.container_id).await? else {
+            return Ok(None);
+        };
+        if entry.owner_id != t.owner_id {
+            return Err(ApiError::PermissionDenied(format!(
+                "container {} belongs to another owner",
+                t.container_id
+            )));
+        }
+        Ok(Some(entry))
+    }
+
+    async fn owned(&self, t: &Target) -> Result<Entry, ApiError> {
+        self.find_owned(t)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("container {} not found", t.container_id)))
+    }
+
+    /// Idempotent: unknown or already removed → `true` (compat).
+    pub async fn destroy(&self, t: Target) -> Result<bool, ApiError> {
+        if self.find_owned(&t).await?.is_none() {
+            return Ok(true);
+        }
+        match self.runtime.destroy(&t.container_id).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.table.remove(&t.container_id);
+        Ok(true)
+    }
+
+    pub async fn pause(&self, t: Target) -> Result<(), ApiError> {
+        self.owned(&t).await?;
+        self.runtime
+            .pause(&t.container_id)
+            .await
+            .map_err(|e| self.forget_if_gone(&t, e))?;
+        self.table.set_status(&t.container_id, WorkerStatus::Paused);
+        Ok(())
+    }
+
+    /// Resume counts as a use.
+    pub async fn resume(&self, t: Target) -> Result<(), ApiError> {
+        self.owned(&t).await?;
+        self.runtime
+            .resume(&t.container_id)
+            .await
+            .map_err(|e| self.forget_if_gone(&t, e))?;
+        self.table
+            .set_status(&t.container_id, WorkerStatus::Running);
+        self.table.touch(&t.container_id);
+        Ok(())
+    }
+
+    fn forget_if_gone(&self, t: &Target, e: esb_runtime::RuntimeError) -> ApiError {
+        if e.kind() == ErrorKind::NotFound {
+            self.table.remove(&t.container_id);
+        }
+        e.into()
+    }
+
+    /// Strictly owner-filtered.
+    pub async fn list(&self, owner_id: &str) -> Result<Vec<Listed>, ApiError> {
+        let started = Instant::now();
+        let states = self.runtime.list().await?;
+        self.table.refresh(&states, started);
+        Ok(states
+            .into_iter()
+            .filter(|s| s.owner_id == owner_id)
+            .map(|s| Listed {
+                last_used_at: self.table.last_used(&s.id, s.created_at),
+                state: s,
+            })
+            .collect())
+    }
+
+    pub async fn metrics(&self, t: Target) -> Result<WorkerMetrics, ApiError> {
+        self.owned(&t).await?;
+        self.runtime
+            .metrics(&t.container_id)
+            .await
+            .map_err(|e| ApiError::from(e).for_metrics())
+    }
+
+    /// `grpc_deadline`: the caller's deadline, if it sent one.
+    pub async fn invoke(
+        &self,
+        call: InvokeCall,
+        grpc_deadline: Option<Instant>,
+    ) -> Result<InvokeReply, ApiError> {
+        let entry = self.owned(&call.target).await?;
+        // A failed invocation is a use too (SPEC §4).
+        self.table.touch(&entry.id);
+        if entry.status == WorkerStatus::Paused {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {} is paused; resume it before invoking",
+                entry.id
+            )));
+        }
+        let addr = entry.addr().ok_or_else(|| {
+            ApiError::FailedPrecondition(format!("container {} has no ip address", entry.id))
+        })?;
+        let mut deadline = Instant::now() + call.timeout;
+        if let Some(d) = grpc_deadline {
+            deadline = deadline.min(d);
+        }
+        self.invoker.invoke(&entry.slot, addr, call, deadline).await
+    }
+
+    /// Never fails.
+    pub fn capabilities(&self) -> v1::Capabilities {
+        let c = self.runtime.capabilities();
+        let mut warnings = Vec::new();
+        if !self.facts.tls_enabled {
+            warnings.push(
+                "TLS is disabled: gRPC traffic is plaintext and clients are not authenticated by certificate"
+                    .to_owned(),
+            );
+        }
+        v1::Capabilities {
+            runtime: c.kind.as_str().to_owned(),
+            runtime_version: c.version,
+            agent_version: self.facts.agent_version.clone(),
+            pause_resume: c.pause_resume,
+            metrics: c.metrics,
+            invoke: true,
+            cgroup_version: c.cgroup_version,
+            snapshotter: c.snapshotter,
+            cni_network: c.network,
+            cni_subnet: c.subnet,
+            cni_bridge: c.bridge,
+            max_invoke_response_bytes: self.invoker.settings().max_response_bytes,
+            max_request_bytes: self.facts.max_request_bytes,
+            default_memory_bytes: c.default_memory_bytes,
+            default_cpu_millis: c.default_cpu_millis,
+            default_pids_limit: c.default_pids_limit,
+            tls_enabled: self.facts.tls_enabled,
+            warnings,
+        }
+    }
+
+    /// Workers gauge, by state.
+    pub fn refresh_worker_gauge(&self) {
+        let entries = self.table.entries();
+        let count = |s: WorkerStatus| entries.iter().filter(|e| e.status == s).count() as i64;
+        self.metrics.set_workers(&[
+            ("RUNNING", count(WorkerStatus::Running)),
+            ("PAUSED", count(WorkerStatus::Paused)),
+            ("STOPPED", count(WorkerStatus::Stopped)),
+            ("UNKNOWN", count(WorkerStatus::Unknown)),
+        ]);
+    }
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! The worker table: a projection of the runtime (id → owner, function, name, ip, status,
+//! created_at, last_used) used for ownership checks and invoke targets. It never blanks a known
+//! IP, survives Ensure/List races, looks up misses with one targeted `inspect`, and persists
+//! last-used times to `state_dir` so they survive restarts.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use esb_runtime::{Runtime, RuntimeError, WORKER_PORT, Worker, WorkerState, WorkerStatus};
+
+use crate::invoke::Slot;
+
+/// File (in `state_dir`) holding last-used times.
+pub const LAST_USED_FILE: &str = "last-used.json";
+
+/// One known worker.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub name: String,
+    pub function_name: String,
+    pub owner_id: String,
+    pub status: WorkerStatus,
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub created_at: i64,
+    /// Invoke serialisation and the worker's pooled connection.
+    pub slot: Arc<Slot>,
+    /// When the table last learnt about this entry (to tell a stale one from a fresh insert).
+    seen: Instant,
+}
+
+impl Entry {
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.ip.map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    last_used: HashMap<String, i64>,
+}
+
+/// The table; cheap to share behind an `Arc`.
+pub struct WorkerTable {
+    inner: Mutex<Inner>,
+    runtime: Arc<dyn Runtime>,
+    file: Option<PathBuf>,
+    dirty: AtomicBool,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl WorkerTable {
+    /// A table persisting to `state_dir/last-used.json` (`None`: memory only), loading any
+    /// times saved by a previous run.
+    pub fn new(runtime: Arc<dyn Runtime>, state_dir: Option<&Path>) -> Self {
+        let file = state_dir.map(|d| d.join(LAST_USED_FILE));
+        let last_used = file.as_deref().map(load).unwrap_or_default();
+        Self {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                last_used,
+            }),
+            runtime,
+            file,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start-up: adopts the live workers reconcile returned; forgets saved times of others.
+    pub fn adopt(&self, states: Vec<WorkerState>) {
+        let mut inner = self.lock();
+        let live: std::collections::HashSet<&str> = states.iter().map(|s| s.id.as_str()).collect();
+        let before = inner.last_used.len();
+        inner.last_used.retain(|id, _| live.contains(id.as_str()));
+        if inner.last_used.len() != before {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        for s in states {
+            upsert(&mut inner, s);
+        }
+    }
+
+    /// A worker Ensure just created (Ensure counts as a use).
+    pub fn insert_created(&self, w: &Worker) {
+        let mut inner = self.lock();
+        inner.entries.insert(
+            w.id.clone(),
+            Entry {
+                id: w.id.clone(),
+                name: w.name.clone(),
+                function_name: w.function_name.clone(),
+                owner_id: w.owner_id.clone(),
+                status: WorkerStatus::Running,
+                ip: Some(w.ip),
+                port: w.port,
+                created_at: w.created_at,
+                slot: Arc::new(Slot::default()),
+                seen: Instant::now(),
+            },
+        );
+        inner.last_used.insert(w.id.clone(), unix_now());
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// The entry for `id`; on a miss, one targeted `inspect` (never a full list).
+    pub async fn lookup(&self, id: &str) -> Result<Option<Entry>, RuntimeError> {
+        if let Some(e) = self.lock().entries.get(id) {
+            return Ok(Some(e.clone()));
+        }
+        let Some(state) = self.runtime.inspect(id).await? else {
+            return Ok(None);
+        };
+        let mut inner = self.lock();
+        upsert(&mut inner, state);
+        Ok(inner.entries.get(id).cloned())
+    }
+
+    /// Merges a full runtime listing taken at `started`: updates every listed worker and
+    /// drops entries the runtime no longer has — except those added after the listing began
+    /// (a racing Ensure), which the listing could not see.
+    pub fn refresh(&self, states: &[WorkerState], started: Instant) {
+        let mut inner = self.lock();
+        let listed: std::collections::HashSet<&str> =
+            states.iter().map(|s| s.id.as_str()).collect();
+        let gone: Vec<String> = inner
+            .entries
+            .values()
+            .filter(|e| e.seen < started && !listed.contains(e.id.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(e) = inner.entries.remove(&id) {
+                e.slot.invalidate();
+            }
+        }
+        for s in states {
+            upsert(&mut inner, s.clone());
+        }
+    }
+
+    pub fn set_status(&self, id: &str, status: WorkerStatus) {
+        if let Some(e) = self.lock().entries.get_mut(id) {
+            e.status = status;
+            if status != WorkerStatus::Running {
+                e.slot.invalidate();
+            }
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.entries.remove(id) {
+            e.slot.invalidate();
+        }
+        if inner.last_used.remove(id).is_some() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a use (Ensure, Resume, Invoke).
+    pub fn touch(&self, id: &str) {
+        self.lock().last_used.insert(id.to_owned(), unix_now());
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Last use of `id`, else `created_at`.
+    pub fn last_used(&self, id: &str, created_at: i64) -> i64 {
+        self.lock().last_used.get(id).copied().unwrap_or(created_at)
+    }
+
+    /// Every known entry (for shutdown destroy and the workers gauge).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().entries.values().cloned().collect()
+    }
+
+    /// Writes last-used times if they changed since the last flush (atomic replace).
+    pub fn flush(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let json = {
+            let inner = self.lock();
+            serde_json::to_vec(&inner.last_used).map_err(std::io::Error::other)?
+        };
+        let res = write_atomic(file, &json);
+        if res.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+fn upsert(inner: &mut Inner, s: WorkerState) {
+    match inner.entries.get_mut(&s.id) {
+        Some(e) => {
+            // Never blank a known IP; a changed IP or a non-running worker drops its
+            // pooled connection.
+            if let Some(ip) = s.ip {
+                if e.ip.is_some_and(|old| old != ip) {
+                    e.slot.invalidate();
+                }
+                e.ip = Some(ip);
+            }
+            if s.status != WorkerStatus::Running {
+                e.slot.invalidate();
+            }
+            e.status = s.status;
+            if s.created_at > 0 {
+                e.created_at = s.created_at;
+            }
+            if !s.name.is_empty() {
+                e.name = s.name;
+            }
+            e.seen = Instant::now();
+        }
+        None => {
+            inner.entries.insert(
+                s.id.clone(),
+                Entry {
+                    id: s.id,
+                    name: s.name,
+                    function_name: s.function_name,
+                    owner_id: s.owner_id,
+                    status: s.status,
+                    ip: s.ip,
+                    port: WORKER_PORT,
+                    created_at: s.created_at,
+                    slot: Arc::new(Slot::default()),
+                    seen: Instant::now(),
+                },
+            );
+        }
+    }
+}
+
+fn load(file: &Path) -> HashMap<String, i64> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %file.display(), error = %e, "ignoring unreadable last-used state");
+            HashMap::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %file.display(), error = %e, "cannot read last-used state");
+            HashMap::new()
+        }
+    }
+}
+
+fn write_atomic(file: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esb_runtime::fake::{FakeRuntime, Op};
+
+    fn state(id: &str, ip: Option<IpAddr>) -> WorkerState {
+        WorkerState {
+            id: id.into(),
+            name: id.into(),
+            function_name: "f".into(),
+            owner_id: "o".into(),
+            status: WorkerStatus::Running,
+            ip,
+            created_at: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn never_blanks_a_known_ip_and_miss_is_one_inspect() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.insert_worker(state("a", Some("10.0.0.2".parse().unwrap())));
+        let t = WorkerTable::new(rt.clone(), None);
+        let e = t.lookup("a").await.unwrap().unwrap();
+        assert_eq!(e.ip, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(rt.count(Op::Inspect), 1);
+        assert_eq!(rt.count(Op::List), 0);
+        t.refresh(&[state("a", None)], Instant::now());
+        let e = t.lookup("a").await.unwrap().unwrap();
+        assert_eq!(e.ip, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(rt.count(Op::Inspect), 1, "hit needs no lookup");
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_entries_inserted_after_listing_started() {
+        let rt = Arc::new(FakeRuntime::new());
+        let t = WorkerTable::new(rt, None);
+        let started = Instant::now();
+        t.insert_created(&Worker {
+            id: "new".into(),
+            name: "new".into(),
+            ip: "10.0.0.3".parse().unwrap(),
+            port: 8080,
+            function_name: "f".into(),
+            owner_id: "o".into(),
+            created_at: 1,
+        });
+        t.refresh(&[], started);
+        assert_eq!(t.entries().len(), 1);
+        t.refresh(&[], Instant::now());
+        assert_eq!(t.entries().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn last_used_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        let t = WorkerTable::new(rt.clone(), Some(dir.path()));
+        t.touch("a");
+        t.touch("gone");
+        t.flush().unwrap();
+        let when = t.last_used("a", 0);
+        let t2 = WorkerTable::new(rt, Some(dir.path()));
+        t2.adopt(vec![state("a", None)]);
+        assert_eq!(t2.last_used("a", 0), when);
+        assert_eq!(t2.last_used("gone", 7), 7);
+    }
+}
