@@ -1,6 +1,11 @@
 //! The attachment journal: one small JSON file per container under
 //! `<state>/cni/attachments/<id>.json`, written atomically **before** ADD so that DEL can always
 //! run from the journal alone (task dead, agent crashed mid-ADD, ...).
+//!
+//! Entries are replaced atomically (temp + rename) but not fsynced: everything they describe
+//! (netns, veth, task) dies with the host, so only an agent crash must be survived — and the
+//! page cache survives that. After a host crash a lost or torn entry is harmless: reconcile
+//! releases IPAM reservations by owner id and treats an unreadable entry as a pending one.
 
 use std::fs;
 use std::net::IpAddr;
@@ -62,7 +67,7 @@ impl Journal {
             path: path.clone(),
             source,
         })?;
-        fsutil::write_atomic(&path, &data)
+        fsutil::write_atomic(&path, &data, fsutil::Durability::ProcessCrash)
     }
 
     pub(crate) fn read(&self, id: &str) -> Result<Option<Attachment>, CniError> {
@@ -103,12 +108,17 @@ impl Journal {
         Ok(ids)
     }
 
-    /// Every entry; an entry removed concurrently is skipped.
+    /// Every readable entry; entries removed concurrently or unreadable are skipped.
     pub(crate) fn all(&self) -> Result<Vec<Attachment>, CniError> {
         let mut out = Vec::new();
         for id in self.ids()? {
-            if let Some(a) = self.read(&id)? {
-                out.push(a);
+            match self.read(&id) {
+                Ok(Some(a)) => out.push(a),
+                Ok(None) => {}
+                Err(e @ CniError::Journal { .. }) => {
+                    tracing::warn!(container_id = %id, error = %e, "skipping unreadable cni journal entry");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -145,5 +155,10 @@ mod tests {
         assert!(j.remove("w-1").expect("remove"));
         assert!(!j.remove("w-1").expect("remove twice"));
         assert_eq!(j.read("w-1").expect("read"), None);
+
+        fs::write(j.dir().join("torn.json"), b"{\"container_id\": ").expect("torn");
+        assert!(matches!(j.read("torn"), Err(CniError::Journal { .. })));
+        assert!(j.all().expect("torn entries skipped").is_empty());
+        assert_eq!(j.ids().expect("ids"), vec!["torn".to_string()]);
     }
 }

@@ -191,8 +191,12 @@ impl CniNetwork {
                 CniError::io("encode conflist", &s.conf_file, std::io::Error::other(e))
             })?;
             text.push(b'\n');
-            fsutil::write_atomic(&s.conf_file, &text)?;
-            fsutil::write_atomic(&s.identity_file, conflist::identity_file(s).as_bytes())
+            fsutil::write_atomic(&s.conf_file, &text, fsutil::Durability::Durable)?;
+            fsutil::write_atomic(
+                &s.identity_file,
+                conflist::identity_file(s).as_bytes(),
+                fsutil::Durability::Durable,
+            )
         })
         .await
     }
@@ -265,6 +269,26 @@ impl CniNetwork {
     }
 }
 
+/// A journal entry; an unreadable one (torn by a host crash) becomes a pending entry at the
+/// deterministic pin path, which is all DEL needs.
+fn read_entry(inner: &Inner, id: &str) -> Result<Option<Attachment>, CniError> {
+    match inner.journal.read(id) {
+        Err(e @ CniError::Journal { .. }) => {
+            tracing::warn!(container_id = id, error = %e, "unreadable cni journal entry; treating it as pending");
+            Ok(Some(Attachment {
+                container_id: id.to_string(),
+                netns_path: inner.pin_path(id),
+                ifname: IFNAME.to_string(),
+                ip: None,
+                created_at: 0,
+                state: AttachState::Adding,
+                result: None,
+            }))
+        }
+        other => other,
+    }
+}
+
 fn target(a: &Attachment) -> Target {
     Target {
         container_id: a.container_id.clone(),
@@ -274,7 +298,7 @@ fn target(a: &Attachment) -> Target {
 }
 
 async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniError> {
-    if let Some(existing) = inner.journal.read(id)? {
+    if let Some(existing) = read_entry(inner, id)? {
         if existing.state == AttachState::Added && netns::is_pinned(&existing.netns_path) {
             return Ok(existing);
         }
@@ -330,7 +354,7 @@ async fn undo_attach(inner: &Arc<Inner>, pending: &Attachment) -> Result<(), Cni
 }
 
 async fn detach_locked(inner: &Arc<Inner>, id: &str) -> Result<(), CniError> {
-    match inner.journal.read(id)? {
+    match read_entry(inner, id)? {
         Some(a) => release(inner, &a).await,
         None => {
             // No journal entry: at most a stray pin is left.
@@ -380,14 +404,13 @@ async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
 async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, CniError> {
     let mut released = 0u64;
     let mut first_err = None;
-    for a in inner.journal.all()? {
-        let id = a.container_id.clone();
+    for id in inner.journal.ids()? {
         if live.contains(&id) || inner.busy(&id) {
             continue;
         }
         let _lock = lock_id(inner, &id).await;
         // Re-read under the lock: a concurrent detach may have finished meanwhile.
-        let Some(a) = inner.journal.read(&id)? else {
+        let Some(a) = read_entry(inner, &id)? else {
             continue;
         };
         match release(inner, &a).await {
