@@ -2,6 +2,8 @@
 //! started by `scripts/dev-env` (read from `ESB_TEST_*` env vars), skip-or-fail gating, and an
 //! eventually-assertion helper.
 
+pub mod client;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -94,7 +96,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));
     }
