@@ -1,0 +1,3 @@
+//! Cold-start benchmark (filled in later).
+
+fn main() {}

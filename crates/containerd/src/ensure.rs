@@ -1,0 +1,274 @@
+//! Ensure: image → snapshot → pinned netns + CNI ADD → container → task (logs to a file) →
+//! start. Runs in a detached task; every failure compensates what was done, and a worker whose
+//! caller went away is destroyed, so nothing leaks (SPEC §3, §7).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, StartRequest,
+};
+use containerd_client::types::Mount;
+use esb_runtime::names::{validate_function_name, worker_name};
+use esb_runtime::{EnsureRequest, RuntimeError, WORKER_PORT, Worker};
+use prost_types::Any;
+use tokio::sync::oneshot;
+
+use crate::client::status_err;
+use crate::spec::{self, SpecInput};
+use crate::{Inner, destroy, lease};
+
+/// Lease lifetime if the agent dies mid-ensure (containerd then collects the rest).
+const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bound of the compensation after a failed ensure.
+const UNDO_DEADLINE: Duration = Duration::from_secs(60);
+
+pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker, RuntimeError> {
+    validate_function_name(&req.function_name)?;
+    if req.owner_id.trim().is_empty() {
+        return Err(RuntimeError::invalid_argument("owner_id is required"));
+    }
+    if req.image.trim().is_empty() {
+        return Err(RuntimeError::invalid_argument("image is required"));
+    }
+    let id = worker_name(&inner.common.identity, &req.function_name);
+    let (tx, rx) = oneshot::channel();
+    let task_inner = inner.clone();
+    tokio::spawn(async move {
+        let result = create(&task_inner, &id, &req).await;
+        if let Err(Ok(unwanted)) = tx.send(result) {
+            tracing::info!(worker = %unwanted.id, "ensure caller went away; destroying the new worker");
+            if let Err(e) = destroy::destroy_detached(&task_inner, &unwanted.id).await {
+                tracing::warn!(worker = %unwanted.id, error = %e.chain(), "destroying an unwanted worker failed");
+            }
+        }
+    });
+    rx.await
+        .map_err(|_| RuntimeError::internal("ensure task ended without a result"))?
+}
+
+/// What has been created so far (for compensation).
+#[derive(Default)]
+struct Done {
+    snapshot: bool,
+    network: bool,
+    container: bool,
+    task: bool,
+}
+
+/// Marks an id as in flight for GC while alive.
+struct Creating<'a>(&'a Inner, String);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.0.creating.lock() {
+            set.remove(&self.1);
+        }
+    }
+}
+
+async fn create(inner: &Arc<Inner>, id: &str, req: &EnsureRequest) -> Result<Worker, RuntimeError> {
+    if let Ok(mut set) = inner.creating.lock() {
+        set.insert(id.to_string());
+    }
+    let _creating = Creating(inner, id.to_string());
+    let lease = lease::create(&inner.client, LEASE_TTL).await?;
+    let mut done = Done::default();
+    let result = steps(inner, id, req, &lease, &mut done).await;
+    if let Err(e) = &result {
+        tracing::warn!(worker = %id, error = %e.chain(), "ensure failed; rolling back");
+        let undo = undo(inner, id, &done);
+        if tokio::time::timeout(UNDO_DEADLINE, undo).await.is_err() {
+            tracing::error!(worker = %id, "rollback of a failed ensure timed out");
+        }
+    }
+    if let Err(e) = lease::delete(&inner.client, &lease, false).await {
+        tracing::warn!(lease = %lease, error = %e.chain(), "deleting ensure lease failed (it expires)");
+    }
+    result
+}
+
+async fn steps(
+    inner: &Arc<Inner>,
+    id: &str,
+    req: &EnsureRequest,
+    lease: &str,
+    done: &mut Done,
+) -> Result<Worker, RuntimeError> {
+    let c = &inner.client;
+    let identity = &inner.common.identity;
+    let image = inner.images.ensure(&req.image, lease).await?;
+
+    let labels: HashMap<String, String> = identity.managed_selector().into_iter().collect();
+    let mounts = c
+        .snapshots()
+        .prepare(c.leased(
+            PrepareSnapshotRequest {
+                snapshotter: inner.cd.snapshotter.clone(),
+                key: id.to_string(),
+                parent: image.chain_id.clone(),
+                labels,
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| status_err("prepare snapshot", s))?
+        .into_inner()
+        .mounts;
+    done.snapshot = true;
+    let user = resolve_user(&image.config.user, &mounts)?;
+
+    let attachment = inner.cni.attach(id).await?;
+    done.network = true;
+    let ip = attachment
+        .ip
+        .ok_or_else(|| RuntimeError::internal("cni returned no address for the worker"))?;
+
+    let worker = &inner.common.worker;
+    let memory = worker.memory_for(&req.env);
+    let netns = attachment.netns_path.to_string_lossy();
+    let resolv = inner.resolv_conf.to_string_lossy();
+    let hosts = inner.hosts.to_string_lossy();
+    let spec = spec::build(&SpecInput {
+        id,
+        namespace: inner.client.namespace(),
+        image: &image.config,
+        env: &req.env,
+        netns_path: &netns,
+        resolv_conf: &resolv,
+        hosts: &hosts,
+        user,
+        memory_bytes: memory,
+        cpu_millis: worker.cpu_for(memory),
+        pids_limit: worker.pids_limit,
+        shim_group: inner.shim_group.as_deref(),
+    })?;
+
+    let labels: BTreeMap<String, String> =
+        identity.worker_labels(&req.function_name, &req.owner_id);
+    let container = Container {
+        id: id.to_string(),
+        labels: labels.into_iter().collect(),
+        image: image.name.clone(),
+        runtime: Some(ContainerRuntime {
+            name: inner.cd.runtime.clone(),
+            options: None,
+        }),
+        spec: Some(Any {
+            type_url: spec::SPEC_TYPE_URL.to_string(),
+            value: spec,
+        }),
+        snapshotter: inner.cd.snapshotter.clone(),
+        snapshot_key: id.to_string(),
+        ..Default::default()
+    };
+    let created = c
+        .containers()
+        .create(c.leased(
+            CreateContainerRequest {
+                container: Some(container),
+            },
+            lease,
+        ))
+        .await
+        .map_err(|s| status_err("create container", s))?
+        .into_inner();
+    done.container = true;
+    let created_at = created
+        .container
+        .as_ref()
+        .map(|c| crate::unix(c.created_at.as_ref()))
+        .filter(|t| *t > 0)
+        .unwrap_or_else(crate::now_unix);
+
+    let log = format!("file://{}", log_path(inner, id).display());
+    c.tasks()
+        .create(c.req(CreateTaskRequest {
+            container_id: id.to_string(),
+            rootfs: mounts,
+            stdout: log.clone(),
+            stderr: log,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| status_err("create task", s))?;
+    done.task = true;
+    c.tasks()
+        .start(c.req(StartRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(|s| status_err("start task", s))?;
+
+    Ok(Worker {
+        id: id.to_string(),
+        name: id.to_string(),
+        ip,
+        port: WORKER_PORT,
+        function_name: req.function_name.clone(),
+        owner_id: req.owner_id.clone(),
+        created_at,
+    })
+}
+
+/// The per-worker log file (stdout and stderr, appended by the shim).
+pub(crate) fn log_path(inner: &Inner, id: &str) -> PathBuf {
+    inner.logs_dir.join(format!("{id}.log"))
+}
+
+/// Undoes the created parts, newest first; each step is best effort.
+async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
+    if done.task {
+        destroy::stop_and_delete_task(inner, id).await;
+    }
+    if done.container {
+        destroy::delete_container(inner, id).await;
+    }
+    if done.network
+        && let Err(e) = inner.cni.detach(id).await
+    {
+        tracing::warn!(worker = %id, error = %e, "cni detach during rollback failed; reconcile retries");
+    }
+    if done.snapshot {
+        destroy::remove_snapshot(inner, id).await;
+    }
+    let _ = std::fs::remove_file(log_path(inner, id));
+}
+
+/// Numeric `uid:gid`, or names looked up in the image's `/etc/passwd` and `/etc/group`.
+fn resolve_user(user: &str, mounts: &[Mount]) -> Result<(u32, u32), RuntimeError> {
+    if let Some(ids) = spec::numeric_user(user) {
+        return Ok(ids);
+    }
+    let passwd = read_rootfs_file(mounts, "etc/passwd").unwrap_or_default();
+    let group = read_rootfs_file(mounts, "etc/group").unwrap_or_default();
+    spec::resolve_user(user, &passwd, &group).ok_or_else(|| {
+        RuntimeError::invalid_argument(format!(
+            "image user {user:?} is not in the image's /etc/passwd"
+        ))
+    })
+}
+
+/// Reads a file of the (not yet mounted) rootfs from the snapshot's layer directories.
+fn read_rootfs_file(mounts: &[Mount], rel: &str) -> Option<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            dirs.push(m.source.clone());
+        }
+        for opt in &m.options {
+            if let Some(upper) = opt.strip_prefix("upperdir=") {
+                dirs.insert(0, upper.to_string());
+            } else if let Some(lower) = opt.strip_prefix("lowerdir=") {
+                dirs.extend(lower.split(':').map(str::to_string));
+            }
+        }
+    }
+    dirs.iter()
+        .find_map(|d| std::fs::read_to_string(PathBuf::from(d).join(rel)).ok())
+}

@@ -1,0 +1,228 @@
+//! Images: reference normalisation, local lookup (only NotFound leads to a pull — P3-3), pull
+//! policy, one shared pull per reference, and the run config + top chain id a worker needs.
+
+mod content;
+mod oci;
+mod pull;
+mod unpack;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
+use containerd_client::services::v1::GetImageRequest;
+use containerd_client::types::Descriptor;
+use esb_runtime::RuntimeError;
+use esb_runtime::settings::{PullPolicy, RegistrySettings};
+use oci_client::Reference;
+
+use crate::client::{Client, is_not_found, status_err};
+pub(crate) use oci::RunConfig;
+
+/// What a worker needs from its image.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageInfo {
+    /// Fully-qualified reference (the image record name).
+    pub name: String,
+    /// Digest of the platform manifest.
+    pub manifest_digest: String,
+    /// Chain id of the top layer (parent of the worker's snapshot).
+    pub chain_id: String,
+    pub config: RunConfig,
+}
+
+/// Image service of the backend (shared by all ensures).
+pub(crate) struct ImageStore {
+    client: Client,
+    snapshotter: String,
+    registry: RegistrySettings,
+    oci: oci_client::Client,
+    /// Scratch dir for layer downloads.
+    tmp_dir: PathBuf,
+    /// One lock per reference, so concurrent ensures share one pull.
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Resolved images by name (valid while the record's target digest is unchanged).
+    cache: Mutex<HashMap<String, ImageInfo>>,
+}
+
+impl ImageStore {
+    pub(crate) fn new(
+        client: Client,
+        snapshotter: String,
+        registry: RegistrySettings,
+        tmp_dir: PathBuf,
+    ) -> Result<Self, RuntimeError> {
+        let oci = pull::registry_client(&registry)?;
+        Ok(Self {
+            client,
+            snapshotter,
+            registry,
+            oci,
+            tmp_dir,
+            locks: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes `raw` present and unpacked (per policy) and returns what a worker needs.
+    /// Content and snapshots written here are held by `lease` until records reference them.
+    pub(crate) async fn ensure(&self, raw: &str, lease: &str) -> Result<ImageInfo, RuntimeError> {
+        let reference = normalize(raw, &self.registry.default_registry)?;
+        let name = reference.whole();
+        if self.registry.pull_policy == PullPolicy::IfNotPresent
+            && let Some(target) = self.local(&name).await?
+            && let Some(hit) = self.cached(&name, &target.digest)
+        {
+            return Ok(hit);
+        }
+        let lock = self.lock_for(&name);
+        let _guard = lock.lock().await;
+        let local = self.local(&name).await?;
+        let target = match (self.registry.pull_policy, local) {
+            (PullPolicy::IfNotPresent, Some(t)) => t,
+            (PullPolicy::IfNotPresent, None) => self.pull(&reference, lease, None).await?,
+            (PullPolicy::Always, None) => self.pull(&reference, lease, None).await?,
+            (PullPolicy::Always, Some(t)) => match self.pull(&reference, lease, Some(&t)).await {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::warn!(image = %name, error = %e.chain(), "pull failed; using the local copy");
+                    t
+                }
+            },
+        };
+        if let Some(hit) = self.cached(&name, &target.digest) {
+            return Ok(hit);
+        }
+        let info = self.resolve(&name, &target, lease).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(name, info.clone());
+        }
+        Ok(info)
+    }
+
+    fn cached(&self, name: &str, digest: &str) -> Option<ImageInfo> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(name)
+            .filter(|i| i.manifest_digest == digest)
+            .cloned()
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        locks.retain(|_, w| w.strong_count() > 0);
+        if let Some(l) = locks.get(name).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(name.to_string(), Arc::downgrade(&l));
+        l
+    }
+
+    /// The image record's target, `None` on NotFound; any other error fails (P3-3).
+    async fn local(&self, name: &str) -> Result<Option<Descriptor>, RuntimeError> {
+        match self
+            .client
+            .images()
+            .get(self.client.req_t(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(status_err("get image", s)),
+        }
+    }
+
+    async fn pull(
+        &self,
+        reference: &Reference,
+        lease: &str,
+        local: Option<&Descriptor>,
+    ) -> Result<Descriptor, RuntimeError> {
+        pull::pull(self, reference, lease, local).await
+    }
+
+    /// Reads manifest and config of a local image and makes sure its layers are unpacked.
+    async fn resolve(
+        &self,
+        name: &str,
+        target: &Descriptor,
+        lease: &str,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let bytes = content::read(&self.client, &target.digest).await?;
+        let manifest = match oci::parse_manifest_or_index(&bytes)? {
+            oci::Parsed::Manifest(m) => m,
+            oci::Parsed::Index(idx) => {
+                let d = oci::pick_platform(&idx)?;
+                let bytes = content::read(&self.client, &d.digest).await?;
+                match oci::parse_manifest_or_index(&bytes)? {
+                    oci::Parsed::Manifest(m) => m,
+                    oci::Parsed::Index(_) => {
+                        return Err(RuntimeError::internal("nested image index"));
+                    }
+                }
+            }
+        };
+        let config_bytes = content::read(&self.client, &manifest.config.digest).await?;
+        let config = oci::parse_config(&config_bytes)?;
+        let chain = oci::chain_ids(&config.diff_ids);
+        if chain.len() != manifest.layers.len() {
+            return Err(RuntimeError::internal(format!(
+                "image {name}: {} layers but {} diff ids",
+                manifest.layers.len(),
+                chain.len()
+            )));
+        }
+        unpack::unpack(self, &manifest.layers, &config.diff_ids, &chain, lease).await?;
+        let chain_id = chain
+            .last()
+            .cloned()
+            .ok_or_else(|| RuntimeError::internal(format!("image {name} has no layers")))?;
+        Ok(ImageInfo {
+            name: name.to_string(),
+            manifest_digest: target.digest.clone(),
+            chain_id,
+            config: config.run,
+        })
+    }
+}
+
+/// Adds the default registry to a reference without a registry host and parses it.
+pub(crate) fn normalize(raw: &str, default_registry: &str) -> Result<Reference, RuntimeError> {
+    let raw = raw.trim();
+    let first = raw.split('/').next().unwrap_or_default();
+    let has_host =
+        raw.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let default_registry = default_registry.trim().trim_end_matches('/');
+    let full = if has_host || default_registry.is_empty() {
+        raw.to_string()
+    } else {
+        format!("{default_registry}/{raw}")
+    };
+    Reference::try_from(full.as_str()).map_err(|e| {
+        RuntimeError::invalid_argument(format!("invalid image reference {raw:?}")).with_source(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_references() {
+        let r = normalize("esb/worker:1", "127.0.0.1:5000").expect("ref");
+        assert_eq!(r.whole(), "127.0.0.1:5000/esb/worker:1");
+        let r = normalize("worker", "registry.local:5000/").expect("ref");
+        assert_eq!(r.whole(), "registry.local:5000/worker:latest");
+        let r = normalize("127.0.0.1:35000/esb/w:latest", "other:1").expect("ref");
+        assert_eq!(r.whole(), "127.0.0.1:35000/esb/w:latest");
+        let r = normalize("localhost/w", "other:1").expect("ref");
+        assert_eq!(r.registry(), "localhost");
+        assert!(normalize("UPPER/Case::", "r:1").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! Registry pull into the content store: resolve the manifest (linux/amd64 from an index),
+//! stream layers to a scratch file and verify them, write blobs with gc labels, and create or
+//! update the image record.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use containerd_client::services::v1::{CreateImageRequest, Image, UpdateImageRequest};
+use containerd_client::types::Descriptor;
+use esb_runtime::settings::RegistrySettings;
+use esb_runtime::{ErrorKind, RuntimeError};
+use oci_client::Reference;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use prost_types::FieldMask;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::ImageStore;
+use super::content::{self, Source};
+use super::oci::{self, Parsed};
+use crate::client::status_err;
+
+/// Builds the registry client per settings (P3-1): plain HTTP when insecure, else HTTPS with
+/// the configured CA (added to, or replacing, the system roots).
+pub(crate) fn registry_client(s: &RegistrySettings) -> Result<oci_client::Client, RuntimeError> {
+    // reqwest panics without a process-wide provider; a second install is a harmless no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = ClientConfig {
+        protocol: if s.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        connect_timeout: Some(Duration::from_secs(5)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    if let Some(path) = &s.ca_path {
+        let data = std::fs::read(path).map_err(|e| {
+            RuntimeError::invalid_argument(format!("cannot read registry CA {}", path.display()))
+                .with_source(e)
+        })?;
+        let cert = Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        };
+        if s.ca_only {
+            config.tls_certs_only = vec![cert];
+        } else {
+            config.extra_root_certificates = vec![cert];
+        }
+    }
+    Ok(oci_client::Client::new(config))
+}
+
+/// Pulls `reference`; when the registry's manifest equals `local`'s, nothing is written.
+/// Returns the image record's target.
+pub(super) async fn pull(
+    store: &ImageStore,
+    reference: &Reference,
+    lease: &str,
+    local: Option<&Descriptor>,
+) -> Result<Descriptor, RuntimeError> {
+    let name = reference.whole();
+    let auth = RegistryAuth::Anonymous;
+    let (mut bytes, mut digest) = store
+        .oci
+        .pull_manifest_raw(reference, &auth, oci::ACCEPTED)
+        .await
+        .map_err(|e| registry_err(&name, e))?;
+    let mut parsed = oci::parse_manifest_or_index(&bytes)?;
+    if let Parsed::Index(idx) = &parsed {
+        let d = oci::pick_platform(idx)?;
+        let by_digest = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            d.digest.clone(),
+        );
+        (bytes, digest) = store
+            .oci
+            .pull_manifest_raw(&by_digest, &auth, oci::ACCEPTED)
+            .await
+            .map_err(|e| registry_err(&name, e))?;
+        parsed = oci::parse_manifest_or_index(&bytes)?;
+    }
+    let Parsed::Manifest(manifest) = parsed else {
+        return Err(RuntimeError::internal(format!(
+            "{name}: nested image index"
+        )));
+    };
+    if local.is_some_and(|l| l.digest == digest) {
+        return Ok(local.cloned().unwrap_or_default());
+    }
+    let client = &store.client;
+
+    let mut config_bytes = Vec::new();
+    store
+        .oci
+        .pull_blob(
+            reference,
+            manifest.config.digest.as_str(),
+            &mut config_bytes,
+        )
+        .await
+        .map_err(|e| registry_err(&name, e))?;
+    verify(&config_bytes, &manifest.config.digest)?;
+    let config = oci::parse_config(&config_bytes)?;
+    if config.diff_ids.len() != manifest.layers.len() {
+        return Err(RuntimeError::internal(format!(
+            "{name}: manifest and config disagree on the layer count"
+        )));
+    }
+    let chain = oci::chain_ids(&config.diff_ids);
+
+    for (layer, diff_id) in manifest.layers.iter().zip(&config.diff_ids) {
+        let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
+        if content::info(client, &layer.digest).await?.is_some() {
+            content::ensure(
+                client,
+                lease,
+                &layer.digest,
+                layer.size,
+                Source::Bytes(vec![]),
+                labels,
+            )
+            .await?;
+            continue;
+        }
+        let path = store.tmp_dir.join(format!(
+            "{}.{}",
+            layer.digest.replace(':', "-"),
+            crate::lease::random_hex(4)
+        ));
+        let result = async {
+            download(store, reference, &layer.digest, &path).await?;
+            content::ensure(
+                client,
+                lease,
+                &layer.digest,
+                layer.size,
+                Source::File(path.clone()),
+                labels,
+            )
+            .await
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        result?;
+    }
+
+    let mut config_labels = HashMap::new();
+    if let Some(top) = chain.last() {
+        config_labels.insert(
+            format!("containerd.io/gc.ref.snapshot.{}", store.snapshotter),
+            top.clone(),
+        );
+    }
+    content::ensure(
+        client,
+        lease,
+        &manifest.config.digest,
+        manifest.config.size,
+        Source::Bytes(config_bytes),
+        config_labels,
+    )
+    .await?;
+    let size = bytes.len() as i64;
+    content::ensure(
+        client,
+        lease,
+        &digest,
+        size,
+        Source::Bytes(bytes.to_vec()),
+        oci::manifest_labels(&manifest),
+    )
+    .await?;
+
+    let target = Descriptor {
+        media_type: manifest.media_type().to_string(),
+        digest,
+        size,
+        annotations: HashMap::new(),
+    };
+    put_record(store, &name, &target, lease).await?;
+    Ok(target)
+}
+
+/// Creates the image record, or repoints an existing one.
+async fn put_record(
+    store: &ImageStore,
+    name: &str,
+    target: &Descriptor,
+    lease: &str,
+) -> Result<(), RuntimeError> {
+    let client = &store.client;
+    let image = Image {
+        name: name.to_string(),
+        target: Some(target.clone()),
+        ..Default::default()
+    };
+    let created = client
+        .images()
+        .create(client.leased(
+            CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            },
+            lease,
+        ))
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            client
+                .images()
+                .update(client.leased(
+                    UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(FieldMask {
+                            paths: vec!["target".to_string()],
+                        }),
+                        source_date_epoch: None,
+                    },
+                    lease,
+                ))
+                .await
+                .map_err(|s| status_err("update image", s))?;
+            Ok(())
+        }
+        Err(s) => Err(status_err("create image", s)),
+    }
+}
+
+/// Streams one blob to `path`, verifying its digest.
+async fn download(
+    store: &ImageStore,
+    reference: &Reference,
+    digest: &str,
+    path: &std::path::Path,
+) -> Result<(), RuntimeError> {
+    let io = |e: std::io::Error| RuntimeError::internal("writing layer download").with_source(e);
+    let file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut hashing = HashingWriter {
+        inner: file,
+        hasher: Sha256::new(),
+    };
+    store
+        .oci
+        .pull_blob(reference, digest, &mut hashing)
+        .await
+        .map_err(|e| registry_err(&reference.whole(), e))?;
+    hashing.inner.flush().await.map_err(io)?;
+    let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    if got != digest {
+        return Err(RuntimeError::internal(format!(
+            "layer digest mismatch: expected {digest}, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+fn verify(bytes: &[u8], digest: &str) -> Result<(), RuntimeError> {
+    let got = oci::sha256_digest(bytes);
+    if got == digest {
+        Ok(())
+    } else {
+        Err(RuntimeError::internal(format!(
+            "blob digest mismatch: expected {digest}, got {got}"
+        )))
+    }
+}
+
+/// An `AsyncWrite` that hashes what passes through.
+struct HashingWriter {
+    inner: tokio::fs::File,
+    hasher: Sha256,
+}
+
+impl tokio::io::AsyncWrite for HashingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            this.hasher.update(&buf[..*n]);
+        }
+        poll
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Registry errors by meaning: absent → ImageNotFound, unreachable → Unavailable.
+fn registry_err(name: &str, e: OciDistributionError) -> RuntimeError {
+    let kind = match &e {
+        OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::ImageNotFound,
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
+            }) =>
+        {
+            ErrorKind::ImageNotFound
+        }
+        OciDistributionError::ServerError { code: 404, .. } => ErrorKind::ImageNotFound,
+        OciDistributionError::ServerError { code, .. } if *code >= 500 => ErrorKind::Unavailable,
+        OciDistributionError::RequestError(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    let msg = match kind {
+        ErrorKind::ImageNotFound => format!("image {name} not found in the registry"),
+        ErrorKind::Unavailable => format!("registry unreachable for {name}"),
+        _ => format!("pulling {name} failed"),
+    };
+    RuntimeError::new(kind, msg).with_source(e)
+}

@@ -1,0 +1,320 @@
+//! Shared pieces of the real-containerd tests: per-test settings (namespace, brand, subnet,
+//! bridge, temp dirs), a plain HTTP invoker, and a cleanup that empties the namespace and
+//! removes the bridge even when the test failed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use esb_containerd::ContainerdRuntime;
+use esb_runtime::identity::Identity;
+use esb_runtime::settings::{
+    CniSettings, CommonSettings, ContainerdSettings, PullPolicy, RegistrySettings, WorkerDefaults,
+};
+use esb_runtime::{EnsureRequest, Runtime};
+use esb_testkit::DevEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const FUNCTION: &str = "fn-test";
+pub const OWNER: &str = "owner-1";
+
+/// One test's world: namespace `esbt-cd-<n>`, subnet `10.199.<100+n>.0/24`, bridge `esbt-d<n>`.
+pub struct World {
+    pub n: u32,
+    pub env: DevEnv,
+    pub dir: tempfile::TempDir,
+    pub common: CommonSettings,
+    pub containerd: ContainerdSettings,
+    pub cni: CniSettings,
+}
+
+impl World {
+    pub fn new(env: DevEnv, n: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let brand = format!("esbt-cd-{n}");
+        let socket = env.containerd_socket.clone().expect("socket");
+        let common = CommonSettings {
+            identity: Identity::new(brand.clone(), "test"),
+            registry: RegistrySettings {
+                default_registry: env.registry.clone().unwrap_or_default(),
+                insecure: true,
+                ca_path: None,
+                ca_only: false,
+                pull_policy: PullPolicy::IfNotPresent,
+            },
+            worker: WorkerDefaults::default(),
+            state_dir: dir.path().join("state"),
+            worker_log_max_bytes: 1024 * 1024,
+        };
+        let containerd = ContainerdSettings {
+            socket: PathBuf::from(socket),
+            runtime: "io.containerd.runc.v2".into(),
+            snapshotter: "overlayfs".into(),
+            namespace: brand.clone(),
+        };
+        let subnet = 100 + n;
+        let cni = CniSettings {
+            conf_dir: dir.path().join("conf"),
+            bin_dir: PathBuf::from(&env.cni_bin_dir),
+            conf_file: dir.path().join("conf/10-esbt.conflist"),
+            network_name: format!("{brand}-net"),
+            bridge: format!("esbt-d{n}"),
+            subnet: format!("10.199.{subnet}.0/24"),
+            gateway: format!("10.199.{subnet}.1"),
+            dns_server: format!("10.199.{subnet}.1"),
+            net_dir: dir.path().join("net"),
+            ip_masq: false,
+            identity_file: dir.path().join("esb-cni.env"),
+        };
+        let world = Self {
+            n,
+            env,
+            dir,
+            common,
+            containerd,
+            cni,
+        };
+        world.cleanup();
+        world
+    }
+
+    pub fn image(&self) -> String {
+        self.env.worker_image.clone().expect("worker image")
+    }
+
+    pub async fn runtime(&self) -> ContainerdRuntime {
+        ContainerdRuntime::connect(
+            self.common.clone(),
+            self.containerd.clone(),
+            self.cni.clone(),
+        )
+        .await
+        .expect("connect")
+    }
+
+    pub fn request(&self, env: &[(&str, &str)]) -> EnsureRequest {
+        EnsureRequest {
+            function_name: FUNCTION.into(),
+            image: self.image(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            owner_id: OWNER.into(),
+        }
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd.socket)
+            .arg("-n")
+            .arg(&self.containerd.namespace)
+            .args(args)
+            .output()
+            .expect("run ctr");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ctr_lines(&self, args: &[&str]) -> Vec<String> {
+        self.ctr(args)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Active (container) snapshots: committed image layers are not leaks.
+    pub fn active_snapshots(&self) -> Vec<String> {
+        self.ctr_lines(&["snapshots", "ls"])
+            .into_iter()
+            .skip(1)
+            .filter(|l| l.contains("Active"))
+            .collect()
+    }
+
+    pub fn ipam_files(&self) -> Vec<String> {
+        let dir = self.cni.net_dir.join(&self.cni.network_name);
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn netns_pins(&self) -> Vec<String> {
+        let dir = self.common.state_dir.join("cni/netns");
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts no worker resource is left in the namespace or on the host.
+    pub fn assert_no_leftovers(&self) {
+        assert!(
+            self.ctr_lines(&["tasks", "ls", "-q"]).is_empty(),
+            "tasks left"
+        );
+        assert!(
+            self.ctr_lines(&["containers", "ls", "-q"]).is_empty(),
+            "containers left"
+        );
+        assert_eq!(
+            self.active_snapshots(),
+            Vec::<String>::new(),
+            "snapshots left"
+        );
+        assert_eq!(
+            self.ipam_files(),
+            Vec::<String>::new(),
+            "ipam reservations left"
+        );
+        assert_eq!(self.netns_pins(), Vec::<String>::new(), "netns pins left");
+        let veths = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.cni.bridge])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(veths.trim().is_empty(), "veths left on the bridge: {veths}");
+    }
+
+    /// Removes everything in the namespace (tasks, containers, images → GC of content and
+    /// snapshots, leases), the namespace, the bridge and the pinned netns.
+    pub fn cleanup(&self) {
+        for t in self.ctr_lines(&["tasks", "ls", "-q"]) {
+            self.ctr(&["tasks", "resume", &t]);
+            self.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &t]);
+        }
+        for t in self.ctr_lines(&["tasks", "ls", "-q"]) {
+            for _ in 0..20 {
+                if !self.ctr(&["tasks", "rm", "-f", &t]).is_empty()
+                    || !self.ctr_lines(&["tasks", "ls", "-q"]).contains(&t)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        for c in self.ctr_lines(&["containers", "ls", "-q"]) {
+            self.ctr(&["containers", "rm", &c]);
+        }
+        for l in self.ctr_lines(&["leases", "ls", "-q"]) {
+            self.ctr(&["leases", "rm", &l]);
+        }
+        for s in self.active_snapshots() {
+            if let Some(key) = s.split_whitespace().next() {
+                self.ctr(&["snapshots", "rm", key]);
+            }
+        }
+        for i in self.ctr_lines(&["images", "ls", "-q"]) {
+            self.ctr(&["images", "rm", "--sync", &i]);
+        }
+        // Committed layers left without an image (GC needs a trigger): remove leaf-first.
+        for _ in 0..10 {
+            let snaps: Vec<String> = self
+                .ctr_lines(&["snapshots", "ls"])
+                .into_iter()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect();
+            if snaps.is_empty() {
+                break;
+            }
+            for s in snaps {
+                self.ctr(&["snapshots", "rm", &s]);
+            }
+        }
+        for d in self.ctr_lines(&["content", "ls", "-q"]) {
+            self.ctr(&["content", "rm", &d]);
+        }
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd.socket)
+            .args(["namespaces", "rm", &self.containerd.namespace])
+            .output();
+        let pins = self.common.state_dir.join("cni/netns");
+        for p in self.netns_pins() {
+            let path = pins.join(p);
+            let _ = nix_umount(&path);
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.cni.bridge])
+            .output();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn nix_umount(path: &std::path::Path) -> std::io::Result<()> {
+    Command::new("umount").arg(path).output().map(|_| ())
+}
+
+/// A plain HTTP/1.1 POST of `body` to the worker's invocation endpoint.
+pub async fn post(ip: IpAddr, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((ip, 8080)),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("connect timeout"))??;
+    let req = format!(
+        "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("read timeout"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Posts until the worker answers 200 (it may still be starting).
+pub async fn invoke(ip: IpAddr, body: &str) -> String {
+    esb_testkit::eventually("worker answers", Duration::from_secs(15), || async {
+        match post(ip, body).await {
+            Ok((200, b)) => Some(b),
+            _ => None,
+        }
+    })
+    .await
+}
+
+pub fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Keeps the runtime type in scope for callers that only need the trait.
+pub fn as_dyn(rt: &ContainerdRuntime) -> &dyn Runtime {
+    rt
+}
