@@ -2,6 +2,7 @@
 //! started by `scripts/dev-env` (read from `ESB_TEST_*` env vars), skip-or-fail gating, and an
 //! eventually-assertion helper.
 
+pub mod agent;
 pub mod client;
 
 use std::future::Future;

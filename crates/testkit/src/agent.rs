@@ -1,0 +1,127 @@
+//! Spawns an `esb-agent` binary for end-to-end tests: free loopback ports, a log file under
+//! the dev dir, SIGTERM on drop, and the log tail printed when the test panics.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use esb_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::transport::Channel;
+
+use crate::client::connect_eventually;
+
+/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Directory for logs of agents and workers started by tests: `$ESB_TEST_DEV_DIR/logs` (shown
+/// by `scripts/test` when a test fails), else the system temp dir.
+pub fn logs_dir() -> PathBuf {
+    let dir = std::env::var_os("ESB_TEST_DEV_DIR")
+        .map(|d| PathBuf::from(d).join("logs"))
+        .unwrap_or_else(|| std::env::temp_dir().join("esb-test-logs"));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A running agent process.
+pub struct AgentProcess {
+    child: Child,
+    /// `http://127.0.0.1:<port>` of its gRPC server.
+    pub addr: String,
+    /// `127.0.0.1:<port>` of its Prometheus endpoint.
+    pub metrics_addr: String,
+    /// Its stdout+stderr.
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `bin` with `env` (plus listen addresses on free loopback ports, plaintext gRPC
+    /// unless `env` says otherwise); logs go to `logs_dir()/<name>.log`.
+    pub fn spawn(bin: &Path, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let metrics = free_port()?;
+        let log = logs_dir().join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(bin);
+        cmd.env("AGENT_LISTEN_ADDR", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("AGENT_METRICS_PORT", metrics.to_string())
+            .env("AGENT_GRPC_TLS_DISABLED", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Self {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            metrics_addr: format!("127.0.0.1:{metrics}"),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client, once the agent answers (bounded by `timeout`).
+    pub async fn client(&self, timeout: Duration) -> anyhow::Result<AgentServiceClient<Channel>> {
+        connect_eventually(&self.addr, None, timeout)
+            .await
+            .with_context(|| format!("agent did not answer; log tail:\n{}", self.log_tail(30)))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout`, then SIGKILL. Returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
+        }
+        // `kill` keeps this crate free of unsafe signal code.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    /// The last `lines` lines of the agent's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut buf = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+            let _ = f.read_to_string(&mut buf);
+        }
+        let all: Vec<&str> = buf.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log tail ({}):\n{}",
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+    }
+}
