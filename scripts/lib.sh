@@ -28,13 +28,16 @@ WORKER_TAG="latest"
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# pid_alive FILE: true when FILE names a running process.
+# pid_alive FILE: true when FILE names a running process of ours (its command line mentions
+# the dev dir or the repo, so a recycled PID is never taken for ours).
 pid_alive() {
-  local f="$1" pid
+  local f="$1" pid cmd
   [[ -s "$f" ]] || return 1
   pid="$(cat "$f" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null || return 1
+  cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
+  [[ "$cmd" == *"$DEV"* || "$cmd" == *"$REPO"* ]]
 }
 
 # wait_for SECONDS DESCRIPTION CMD...: polls CMD until it succeeds, or fails after SECONDS.
