@@ -48,6 +48,7 @@ async fn bench_cni_latency() {
     };
     ip_link_del(&s.bridge);
     let pins = dir.path().join("pins");
+    std::fs::create_dir_all(&pins).expect("mkdir");
     let exec = ProcessExec::new(bin, Duration::from_secs(30));
     let conf = conflist::conflist(&s).expect("conflist");
     let (mut create, mut remove, mut unshare_cmd, mut add, mut del) =
@@ -98,6 +99,58 @@ async fn bench_cni_latency() {
         detach.push(t0.elapsed());
     }
     ip_link_del(&s.bridge);
+
+    let journal = crate::journal::Journal::new(dir.path().join("j"));
+    let pool = Arc::new(crate::pool::NetnsPool::new(dir.path().join("pool"), 4));
+    pool.reset().expect("pool");
+    let (mut jw, mut pooled) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let a = crate::Attachment {
+            container_id: format!("j-{i}"),
+            netns_path: pins.join("x"),
+            ifname: "eth0".into(),
+            ip: None,
+            created_at: 0,
+            state: crate::AttachState::Adding,
+            result: None,
+        };
+        let t0 = Instant::now();
+        journal.write(&a).expect("journal");
+        jw.push(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(15));
+        let pin = pins.join(format!("p{i}"));
+        let t0 = Instant::now();
+        pool.pin(&pin).expect("pool pin");
+        pooled.push(t0.elapsed());
+        netns::remove(&pin).expect("remove");
+    }
+    drop(pool);
+    let (mut mnt, mut umnt) = (Vec::new(), Vec::new());
+    let src = pins.join("src");
+    netns::create(&src).expect("src");
+    for i in 0..RUNS {
+        let dst = pins.join(format!("m{i}"));
+        std::fs::write(&dst, b"").expect("file");
+        let t0 = Instant::now();
+        nix::mount::mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        mnt.push(t0.elapsed());
+        let t0 = Instant::now();
+        nix::mount::umount2(&dst, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        umnt.push(t0.elapsed());
+        std::fs::remove_file(&dst).expect("rm");
+    }
+    netns::remove(&src).expect("rm src");
+    println!("bind mount syscall               {}", p50_p90(mnt));
+    println!("umount syscall                   {}", p50_p90(umnt));
+    println!("journal write (no fsync)         {}", p50_p90(jw));
+    println!("netns from warm pool             {}", p50_p90(pooled));
     println!("netns create (thread+bind+lo up) {}", p50_p90(create));
     println!("netns create (unshare --net cmd) {}", p50_p90(unshare_cmd));
     println!("netns remove                     {}", p50_p90(remove));

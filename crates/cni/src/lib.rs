@@ -13,6 +13,7 @@ mod ipam;
 pub mod journal;
 mod netns;
 mod network;
+mod pool;
 
 pub use error::CniError;
 pub use journal::{AttachState, Attachment};

@@ -25,10 +25,9 @@ fn netns_err(action: &'static str, path: &Path, source: io::Error) -> CniError {
 /// Runs on a dedicated short-lived thread: `unshare(CLONE_NEWNET)` only moves the calling
 /// thread, so the agent's own threads never change namespace, and the thread is gone
 /// afterwards. On failure nothing is left at `path`.
+/// The parent directory must exist (a pool refill racing a removed state dir must not
+/// recreate it).
 pub(crate) fn create(path: &Path) -> Result<(), CniError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| netns_err("create directory", dir, e))?;
-    }
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -104,6 +103,14 @@ pub(crate) fn remove(path: &Path) -> Result<(), CniError> {
 pub(crate) fn is_pinned(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// Creates `path`'s parent directory.
+pub(crate) fn ensure_parent(path: &Path) -> Result<(), CniError> {
+    match path.parent() {
+        Some(dir) => fs::create_dir_all(dir).map_err(|e| netns_err("create directory", dir, e)),
+        None => Ok(()),
+    }
 }
 
 /// File names in the pin directory (temp-free: pins are plain files named by container id).

@@ -14,10 +14,14 @@ use crate::chain::{self, Target};
 use crate::error::CniError;
 use crate::exec::{PluginExec, ProcessExec};
 use crate::journal::{AttachState, Attachment, Journal};
+use crate::pool::NetnsPool;
 use crate::{conflist, fsutil, ipam, netns};
 
 /// Interface name inside the sandbox.
 pub const IFNAME: &str = "eth0";
+
+/// Pre-created network namespaces kept ready (one batch of concurrent Ensures).
+const NETNS_POOL_SIZE: usize = 8;
 
 /// Upper bound for one plugin execution.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +38,7 @@ struct Inner {
     exec: Arc<dyn PluginExec>,
     journal: Journal,
     netns_dir: PathBuf,
+    pool: Arc<NetnsPool>,
     /// Per-container-id locks; presence also marks an operation in flight (reconcile skips it).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -159,6 +164,7 @@ impl CniNetwork {
                 exec,
                 journal: Journal::new(cni_dir.join("attachments")),
                 netns_dir: cni_dir.join("netns"),
+                pool: Arc::new(NetnsPool::new(cni_dir.join("pool"), NETNS_POOL_SIZE)),
                 locks: Mutex::new(HashMap::new()),
             }),
         })
@@ -173,7 +179,8 @@ impl CniNetwork {
         &self.inner.conflist
     }
 
-    /// Creates the directories and writes the conflist and the identity file atomically.
+    /// Creates the directories, writes the conflist and the identity file atomically, and
+    /// starts filling the netns pool (dropping pooled pins an earlier process left).
     pub async fn install(&self) -> Result<(), CniError> {
         let inner = self.inner.clone();
         blocking(move || {
@@ -196,7 +203,8 @@ impl CniNetwork {
                 &s.identity_file,
                 conflist::identity_file(s).as_bytes(),
                 fsutil::Durability::Durable,
-            )
+            )?;
+            inner.pool.reset()
         })
         .await
     }
@@ -334,7 +342,8 @@ async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniEr
 
 async fn add_steps(inner: &Arc<Inner>, pending: &Attachment) -> Result<Attachment, CniError> {
     let pin = pending.netns_path.clone();
-    blocking(move || netns::create(&pin)).await?;
+    let pool = inner.pool.clone();
+    blocking(move || pool.pin(&pin)).await?;
     let result = chain::add(inner.exec.as_ref(), &inner.conflist, &target(pending)).await?;
     let ip = chain::sandbox_ip(&result, &pending.ifname).ok_or_else(|| CniError::NoIp {
         container_id: pending.container_id.clone(),
