@@ -178,13 +178,26 @@ impl Finish {
     }
 }
 
-fn response_code<B>(resp: &http::Response<B>) -> i32 {
+/// The gRPC code of a response; rewrites tonic's OUT_OF_RANGE for an oversized message to
+/// RESOURCE_EXHAUSTED (what grpc-go and the C core answer, and what SPEC §10 promises).
+fn response_code<B>(resp: &mut http::Response<B>) -> i32 {
     // Errors of unary calls travel as trailers-only responses: the code is in the headers.
-    resp.headers()
+    let code = resp
+        .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let too_large = resp.headers().get("grpc-message").is_some_and(|m| {
+        let needle = b"length%20too%20large";
+        m.as_bytes().windows(needle.len()).any(|w| w == needle)
+    });
+    if code == tonic::Code::OutOfRange as i32 && too_large {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+        return tonic::Code::ResourceExhausted as i32;
+    }
+    code
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -236,8 +249,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let res = inner.call(req).await;
-            finish.set_code(match &res {
+            let mut res = inner.call(req).await;
+            finish.set_code(match &mut res {
                 Ok(resp) => response_code(resp),
                 Err(_) => tonic::Code::Unknown as i32,
             });

@@ -1,0 +1,12 @@
+//! API tests: a real tonic server on 127.0.0.1:0 over FakeRuntime, driven by a tonic client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api {
+    pub mod bad_input;
+    pub mod harness;
+    pub mod invoke;
+    pub mod observability;
+    pub mod service;
+    pub mod tls;
+    pub mod worker;
+}

@@ -1,0 +1,162 @@
+//! Health, reflection on/off and the Prometheus endpoint.
+
+use std::sync::Arc;
+
+use esb_proto::v1;
+use esb_runtime::ErrorKind;
+use esb_runtime::fake::{FakeRuntime, Op};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use super::harness::{Agent, OWNER, eventually};
+
+async fn status(h: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    h.check(HealthCheckRequest {
+        service: service.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+}
+
+#[tokio::test]
+async fn health_follows_the_runtime_and_shutdown() {
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = Agent::start_with(rt.clone(), |_| {}).await;
+    let mut h = HealthClient::new(agent.channel().await);
+    for svc in ["", "esb.agent.v1.AgentService", "agent.v1.AgentService"] {
+        assert_eq!(
+            status(&mut h, svc).await,
+            ServingStatus::Serving as i32,
+            "{svc:?}"
+        );
+    }
+    rt.fail_always(Op::Ping, ErrorKind::Unavailable);
+    let mut ok = false;
+    for _ in 0..100 {
+        if status(&mut h, "agent.v1.AgentService").await == ServingStatus::NotServing as i32 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "NOT_SERVING while the runtime is unreachable");
+    rt.clear_failures();
+    let mut ok = false;
+    for _ in 0..100 {
+        if status(&mut h, "").await == ServingStatus::Serving as i32 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "SERVING again once the runtime answers");
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_rpcs() {
+    let worker = super::worker::Worker::start().await;
+    let rt = Arc::new(FakeRuntime::new());
+    rt.set_worker_port(worker.addr.port());
+    let agent = Agent::start_with(rt, |_| {}).await;
+    let id = super::service::ensure(&agent, OWNER).await.id;
+    let mut c = agent.client().await;
+    let call = tokio::spawn(async move {
+        c.invoke_worker(v1::InvokeWorkerRequest {
+            container_id: id,
+            owner_id: OWNER.into(),
+            payload: br#"{"sleep_ms": 400}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let addr = agent.addr;
+    agent.stop().await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap().into_inner().status_code, 200);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+async fn list_services(agent: &Agent) -> Result<Vec<String>, tonic::Status> {
+    let mut c = ServerReflectionClient::new(agent.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await?
+        .into_inner();
+    let msg = stream.message().await?.expect("a response");
+    match msg.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            Ok(l.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_only_when_enabled() {
+    let off = Agent::start().await;
+    let err = list_services(&off).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    let on = Agent::start_with(Arc::new(FakeRuntime::new()), |s| s.reflection = true).await;
+    let services = list_services(&on).await.unwrap();
+    assert!(
+        services.iter().any(|s| s == "esb.agent.v1.AgentService"),
+        "{services:?}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_counts_rpcs_by_method_and_code() {
+    let agent = Agent::start().await;
+    let mut c = agent.client().await;
+    super::service::ensure(&agent, OWNER).await;
+    let _ = c
+        .pause_container(v1::PauseContainerRequest {
+            container_id: "nope".into(),
+            owner_id: OWNER.into(),
+        })
+        .await;
+    let _ = c
+        .list_containers(v1::ListContainersRequest {
+            owner_id: String::new(),
+        })
+        .await;
+    let (code, text) = agent.scrape("/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        r#"grpc_server_handled_total{grpc_service="esb.agent.v1.AgentService",grpc_method="EnsureContainer",grpc_code="OK"} 1"#,
+        r#"grpc_server_handled_total{grpc_service="esb.agent.v1.AgentService",grpc_method="PauseContainer",grpc_code="NotFound"} 1"#,
+        r#"grpc_server_handled_total{grpc_service="esb.agent.v1.AgentService",grpc_method="ListContainers",grpc_code="InvalidArgument"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    for name in [
+        "grpc_server_handling_seconds_bucket",
+        "esb_agent_ensure_duration_seconds_count 1",
+        "esb_agent_workers{state=\"RUNNING\"} 1",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(text.contains(name), "missing {name}\n{text}");
+    }
+    assert!(!text.contains("secret"), "env values never reach metrics");
+    let (code, _) = agent.scrape("/").await;
+    assert_eq!(code, 404);
+    let (code, _) = agent.scrape("/metricsx").await;
+    assert_eq!(code, 404);
+    eventually(|| true).await;
+}
