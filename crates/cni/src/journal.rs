@@ -82,6 +82,10 @@ impl Journal {
             .map_err(|source| CniError::Journal { path, source })
     }
 
+    pub(crate) fn exists(&self, id: &str) -> bool {
+        self.path(id).exists()
+    }
+
     pub(crate) fn remove(&self, id: &str) -> Result<bool, CniError> {
         fsutil::remove_if_exists(&self.path(id))
     }

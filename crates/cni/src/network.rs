@@ -39,6 +39,8 @@ struct Inner {
     journal: Journal,
     netns_dir: PathBuf,
     pool: Arc<NetnsPool>,
+    /// When this process journaled each attachment (reconcile's grace period).
+    attached_at: Mutex<HashMap<String, std::time::Instant>>,
     /// Per-container-id locks; presence also marks an operation in flight (reconcile skips it).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -72,6 +74,18 @@ impl Drop for IdLock {
 impl Inner {
     fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attached_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.attached_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this process journaled `id` after `cutoff` (`None` = process younger than the
+    /// grace period: everything it attached is recent).
+    fn attached_recently(&self, id: &str, cutoff: Option<std::time::Instant>) -> bool {
+        self.attached_map()
+            .get(id)
+            .is_some_and(|at| cutoff.is_none_or(|c| *at > c))
     }
 
     fn busy(&self, id: &str) -> bool {
@@ -165,6 +179,7 @@ impl CniNetwork {
                 journal: Journal::new(cni_dir.join("attachments")),
                 netns_dir: cni_dir.join("netns"),
                 pool: Arc::new(NetnsPool::new(cni_dir.join("pool"), NETNS_POOL_SIZE)),
+                attached_at: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
             }),
         })
@@ -324,6 +339,9 @@ async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniEr
     };
     // Intent first: from here on a crash leaves a journal entry that reconcile can undo.
     inner.journal.write(&pending)?;
+    inner
+        .attached_map()
+        .insert(id.to_string(), std::time::Instant::now());
     let started = std::time::Instant::now();
     let res = add_steps(inner, &pending).await;
     match res {
@@ -407,10 +425,17 @@ async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
     .await?;
     del?;
     inner.journal.remove(&a.container_id)?;
+    inner.attached_map().remove(&a.container_id);
     Ok(())
 }
 
+/// Attachments this process made less than this before a reconcile are left alone: the
+/// caller computed `live` before calling, so a worker created meanwhile would look orphaned
+/// (the next round catches real orphans). Entries of earlier processes are never recent.
+const RECONCILE_GRACE: Duration = Duration::from_secs(5);
+
 async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, CniError> {
+    let cutoff = std::time::Instant::now().checked_sub(RECONCILE_GRACE);
     let mut released = 0u64;
     let mut first_err = None;
     for id in inner.journal.ids()? {
@@ -422,6 +447,9 @@ async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, Cn
         let Some(a) = read_entry(inner, &id)? else {
             continue;
         };
+        if inner.attached_recently(&id, cutoff) {
+            continue;
+        }
         match release(inner, &a).await {
             Ok(()) => {
                 tracing::info!(container_id = %id, ip = ?a.ip, "released orphaned cni attachment");
@@ -435,17 +463,19 @@ async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, Cn
     let inner2 = inner.clone();
     let live2 = live.clone();
     released += blocking(move || {
-        let journaled: HashSet<String> = inner2.journal.ids()?.into_iter().collect();
+        // Journal existence is checked at decision time, not from a snapshot: attach writes its
+        // entry before the netns and the IPAM reservation exist, so a reservation or pin whose
+        // owner has no entry at that moment is not being created.
+        let orphan = |owner: &str| {
+            !live2.contains(owner) && !inner2.busy(owner) && !inner2.journal.exists(owner)
+        };
         let mut n = 0u64;
-        let gone = ipam::release_where(&inner2.ipam_dir(), |owner| {
-            !live2.contains(owner) && !journaled.contains(owner) && !inner2.busy(owner)
-        })?;
-        for r in gone {
+        for r in ipam::release_where(&inner2.ipam_dir(), orphan)? {
             tracing::info!(owner = %r.owner, ip = %r.ip, "released orphaned ipam reservation");
             n += 1;
         }
         for name in netns::list(&inner2.netns_dir)? {
-            if journaled.contains(&name) || inner2.busy(&name) || live2.contains(&name) {
+            if name.starts_with('.') || !orphan(&name) {
                 continue;
             }
             netns::remove(&inner2.pin_path(&name))?;

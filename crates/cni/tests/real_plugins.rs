@@ -294,12 +294,18 @@ async fn reconcile_releases_only_unowned() {
     let live = net.attach("w-live").await.expect("attach live");
     let dead = net.attach("w-dead").await.expect("attach dead");
     assert_ne!(live.ip, dead.ip);
+    let keep: HashSet<String> = ["w-live".to_string()].into();
+    // Attachments this process just made are within the grace period (the caller's `live`
+    // may predate them).
+    assert_eq!(net.reconcile(&keep).await.expect("grace"), 0);
+    assert_eq!(net.attachments().expect("list").len(), 2);
     // A reservation nobody journaled (e.g. the agent died inside ADD long ago) and a stray pin.
     let store = t.settings.net_dir.join(&t.settings.network_name);
     std::fs::write(store.join("10.199.3.200"), "ghost\r\neth0").expect("stray ipam");
     std::fs::write(t.state().join("cni/netns/stray"), b"").expect("stray pin");
 
-    let keep: HashSet<String> = ["w-live".to_string()].into();
+    // A restarted agent reconciles against its journal and the host state.
+    let net = CniNetwork::new(t.settings.clone(), &t.state()).expect("restarted agent");
     let released = net.reconcile(&keep).await.expect("reconcile");
     assert_eq!(released, 3, "w-dead + ghost reservation + stray pin");
     assert_eq!(t.ipam_files(), vec![live.ip.expect("ip").to_string()]);
