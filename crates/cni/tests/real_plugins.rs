@@ -380,3 +380,26 @@ async fn reconcile_after_reboot_like_state() {
     }
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_range_is_resource_exhausted() {
+    let Some(bin) = plugin_dir() else { return };
+    let mut t = TestNet::new(7, &bin);
+    // A /30 holds one worker: .1 is the gateway, .2 the only free address.
+    t.settings.subnet = "10.199.7.0/30".into();
+    let net = t.network().await;
+    let a = net.attach("w-a").await.expect("first fits");
+    assert_eq!(a.ip, Some("10.199.7.2".parse().expect("ip")));
+    let err = net.attach("w-b").await.expect_err("range full");
+    assert_eq!(
+        esb_runtime::RuntimeError::from(err).kind(),
+        ErrorKind::ResourceExhausted
+    );
+    assert_eq!(
+        net.attachments().expect("list").len(),
+        1,
+        "the failed attach left nothing"
+    );
+    net.detach("w-a").await.expect("detach");
+    t.assert_clean();
+}
