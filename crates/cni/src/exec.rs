@@ -14,6 +14,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::CniError;
 
+/// PATH for plugins when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// A CNI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CniCommand {
@@ -99,8 +102,12 @@ impl PluginExec for ProcessExec {
             source,
         };
         let stdin = serde_json::to_vec(&call.config).map_err(|e| exec_err(e.into()))?;
-        // Env only on the child: the agent's own environment is never modified.
+        // Env only on the child: the agent's own environment is never modified, and none of it
+        // (tokens, registry credentials) leaks into plugins beyond PATH (they run iptables).
+        let path_env = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
         let mut child = tokio::process::Command::new(&path)
+            .env_clear()
+            .env("PATH", path_env)
             .env("CNI_COMMAND", call.command.as_str())
             .env("CNI_CONTAINERID", &call.container_id)
             .env("CNI_NETNS", &call.netns)
