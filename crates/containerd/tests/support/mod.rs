@@ -161,33 +161,68 @@ impl World {
             .unwrap_or_default()
     }
 
-    /// Asserts no worker resource is left in the namespace or on the host.
-    pub fn assert_no_leftovers(&self) {
-        assert!(
-            self.ctr_lines(&["tasks", "ls", "-q"]).is_empty(),
-            "tasks left"
+    /// Worker resources still present in the namespace or on the host (empty = clean).
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(
+            self.ctr_lines(&["tasks", "ls", "-q"])
+                .into_iter()
+                .map(|t| format!("task {t}")),
         );
-        assert!(
-            self.ctr_lines(&["containers", "ls", "-q"]).is_empty(),
-            "containers left"
+        out.extend(
+            self.ctr_lines(&["containers", "ls", "-q"])
+                .into_iter()
+                .filter(|c| !c.starts_with("foreign"))
+                .map(|c| format!("container {c}")),
         );
-        assert_eq!(
-            self.active_snapshots(),
-            Vec::<String>::new(),
-            "snapshots left"
+        out.extend(
+            self.active_snapshots()
+                .into_iter()
+                .map(|s| format!("snapshot {s}")),
         );
-        assert_eq!(
-            self.ipam_files(),
-            Vec::<String>::new(),
-            "ipam reservations left"
-        );
-        assert_eq!(self.netns_pins(), Vec::<String>::new(), "netns pins left");
+        out.extend(self.ipam_files().into_iter().map(|f| format!("ipam {f}")));
+        out.extend(self.netns_pins().into_iter().map(|p| format!("netns {p}")));
         let veths = Command::new("ip")
             .args(["-o", "link", "show", "master", &self.cni.bridge])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        assert!(veths.trim().is_empty(), "veths left on the bridge: {veths}");
+        out.extend(
+            veths
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("veth {l}")),
+        );
+        let logs = self.common.state_dir.join("logs");
+        if let Ok(d) = std::fs::read_dir(logs) {
+            out.extend(
+                d.flatten()
+                    .map(|e| format!("log {}", e.file_name().to_string_lossy())),
+            );
+        }
+        out
+    }
+
+    /// Asserts no worker resource is left in the namespace or on the host.
+    pub fn assert_no_leftovers(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "leftovers: {left:?}");
+    }
+
+    /// Waits until nothing is left (detached rollbacks finish after the caller returned).
+    pub async fn eventually_clean(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "leftovers after 20 s: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Removes everything in the namespace (tasks, containers, images → GC of content and

@@ -1,0 +1,173 @@
+//! Real-containerd failure and recovery tests: CNI failure rolls back, a cancelled ensure
+//! leaks nothing, GC spares foreign containers, a restarted agent adopts running and paused
+//! workers and cleans up one that died meanwhile, and 20 concurrent ensures.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use esb_runtime::{Runtime, WorkerStatus};
+use support::{World, invoke};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_failure_rolls_back_everything() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let mut world = World::new(env, 7);
+    world.cni.bin_dir = world.dir.path().join("no-plugins-here");
+    let rt = world.runtime().await;
+    let e = rt
+        .ensure(world.request(&[]))
+        .await
+        .expect_err("cni must fail");
+    assert!(e.chain().to_lowercase().contains("cni") || !e.message().is_empty());
+    world.assert_no_leftovers();
+    assert!(
+        world.ctr_lines(&["leases", "ls", "-q"]).is_empty(),
+        "leases left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_ensure_leaks_nothing() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 8);
+    let rt = world.runtime().await;
+    // Warm the image so the cancellation points land in the worker steps.
+    let w = rt.ensure(world.request(&[])).await.expect("ensure");
+    assert!(rt.destroy(&w.id).await.expect("destroy"));
+    for ms in [1u64, 5, 10, 20, 30, 45, 60, 80, 120] {
+        let fut = rt.ensure(world.request(&[]));
+        if let Ok(Ok(w)) = tokio::time::timeout(Duration::from_millis(ms), fut).await {
+            // Finished before the deadline: the caller owns it.
+            assert!(rt.destroy(&w.id).await.expect("destroy"));
+        }
+        world.eventually_clean().await;
+        assert!(
+            rt.list().await.expect("list").is_empty(),
+            "after cancel at {ms} ms"
+        );
+    }
+    world.assert_no_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_spares_foreign_containers() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 9);
+    let rt = world.runtime().await;
+    let w = rt.ensure(world.request(&[])).await.expect("ensure");
+    world.ctr(&["containers", "create", &world.image(), "foreign-1"]);
+    assert!(
+        world
+            .ctr_lines(&["containers", "ls", "-q"])
+            .contains(&"foreign-1".to_string())
+    );
+    let report = rt.gc().await.expect("gc");
+    assert!(report.removed_workers.is_empty(), "{report:?}");
+    assert!(
+        world
+            .ctr_lines(&["containers", "ls", "-q"])
+            .contains(&"foreign-1".to_string())
+    );
+    assert!(!rt.destroy("foreign-1").await.expect("destroy foreign"));
+    assert!(
+        world
+            .ctr_lines(&["containers", "ls", "-q"])
+            .contains(&"foreign-1".to_string())
+    );
+    assert!(rt.inspect("foreign-1").await.expect("inspect").is_none());
+    invoke(w.ip, "{}").await;
+    assert!(rt.destroy(&w.id).await.expect("destroy"));
+    world.ctr(&["containers", "rm", "foreign-1"]);
+    world.assert_no_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_adopts_live_workers_and_cleans_dead_ones() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 10);
+    let rt = world.runtime().await;
+    let running = rt.ensure(world.request(&[])).await.expect("ensure");
+    let paused = rt.ensure(world.request(&[])).await.expect("ensure");
+    let dead = rt.ensure(world.request(&[])).await.expect("ensure");
+    invoke(paused.ip, "{}").await;
+    rt.pause(&paused.id).await.expect("pause");
+    drop(rt); // the agent goes away; workers keep running
+
+    world.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &dead.id]);
+    esb_testkit::eventually("task dead", Duration::from_secs(10), || async {
+        world
+            .ctr(&["tasks", "ls"])
+            .lines()
+            .any(|l| l.starts_with(&dead.id) && l.contains("STOPPED"))
+            .then_some(())
+    })
+    .await;
+
+    let rt = world.runtime().await;
+    let mut live = rt.reconcile().await.expect("reconcile");
+    live.sort_by_key(|w| w.id.clone());
+    let mut expect = vec![
+        (running.id.clone(), WorkerStatus::Running, running.ip),
+        (paused.id.clone(), WorkerStatus::Paused, paused.ip),
+    ];
+    expect.sort_by_key(|e| e.0.clone());
+    let got: Vec<_> = live
+        .iter()
+        .map(|w| (w.id.clone(), w.status, w.ip.expect("ip")))
+        .collect();
+    assert_eq!(got, expect);
+    assert!(live.iter().all(|w| w.created_at > 0));
+    assert_eq!(
+        world.ipam_files().len(),
+        2,
+        "the dead worker's IP is released"
+    );
+    assert!(
+        !world
+            .ctr_lines(&["containers", "ls", "-q"])
+            .contains(&dead.id)
+    );
+    assert_eq!(rt.list().await.expect("list").len(), 2);
+    invoke(running.ip, "{}").await;
+    rt.resume(&paused.id).await.expect("resume");
+    invoke(paused.ip, "{}").await;
+    assert!(rt.destroy(&running.id).await.expect("destroy"));
+    assert!(rt.destroy(&paused.id).await.expect("destroy"));
+    world.assert_no_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_ensures() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 11);
+    let rt = world.runtime().await;
+    let ensures = (0..20).map(|_| rt.ensure(world.request(&[])));
+    let workers: Vec<_> = futures::future::join_all(ensures)
+        .await
+        .into_iter()
+        .map(|r| r.expect("ensure"))
+        .collect();
+    let ips: HashSet<_> = workers.iter().map(|w| w.ip).collect();
+    assert_eq!(ips.len(), 20);
+    for w in &workers {
+        invoke(w.ip, "{}").await;
+    }
+    assert_eq!(rt.list().await.expect("list").len(), 20);
+    let destroys = workers.iter().map(|w| rt.destroy(&w.id));
+    for r in futures::future::join_all(destroys).await {
+        assert!(r.expect("destroy"));
+    }
+    world.assert_no_leftovers();
+}
