@@ -58,6 +58,48 @@ pub fn decode(any: &Any) -> Result<Counters, RuntimeError> {
 mod tests {
     use super::*;
 
+    /// Recorded from Tasks.Metrics on this cgroup v1 host (containerd 1.6.20, runc 1.1.5) for a
+    /// 256 MiB worker; the cgroup files read at the same moment said usage 17416192, limit
+    /// 268435456, cpuacct.usage 32357027, oom_kill 0.
+    #[test]
+    fn decodes_recorded_v1() {
+        let any = Any {
+            type_url: "io.containerd.cgroups.v1.Metrics".into(),
+            value: include_bytes!("../../tests/fixtures/cgroups_v1_metrics.bin").to_vec(),
+        };
+        let c = decode(&any).expect("v1");
+        assert_eq!(c.memory_max, 268_435_456);
+        assert_eq!(c.cpu_usage_ns, 32_357_027);
+        assert_eq!(c.oom_events, 0);
+        assert!(c.memory_current > 0 && c.memory_current <= 17_416_192, "{c:?}");
+    }
+
+    #[test]
+    fn decodes_v1_with_prefix_and_oom() {
+        let m = v1::Metrics {
+            cpu: None,
+            memory: Some(v1::MemoryStat {
+                total_inactive_file: 1_000,
+                usage: Some(v1::MemoryEntry {
+                    usage: 5_000,
+                    limit: 10_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            memory_oom_control: Some(v1::MemoryOomControl {
+                oom_kill: 3,
+                ..Default::default()
+            }),
+        };
+        let any = Any {
+            type_url: "types.containerd.io/io.containerd.cgroups.v1.Metrics".into(),
+            value: m.encode_to_vec(),
+        };
+        let c = decode(&any).expect("v1");
+        assert_eq!((c.memory_current, c.memory_max, c.oom_events), (4_000, 10_000, 3));
+    }
+
     #[test]
     fn decodes_v2() {
         let m = v2::Metrics {
