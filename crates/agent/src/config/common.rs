@@ -1,0 +1,175 @@
+//! Settings shared by both backends (registry, worker limits, state dir) and the per-backend
+//! connection settings (containerd, Docker).
+
+use std::path::Path;
+
+use esb_runtime::identity::Identity;
+use esb_runtime::settings::{
+    CommonSettings, ContainerdSettings, DockerSettings, PullPolicy, RegistrySettings,
+    WorkerDefaults,
+};
+
+use super::env;
+use super::{ConfigError, Vars};
+
+const MIB: u64 = 1024 * 1024;
+
+pub fn load(v: &Vars<'_>, identity: Identity) -> Result<CommonSettings, ConfigError> {
+    Ok(CommonSettings {
+        identity,
+        registry: registry(v)?,
+        worker: worker(v)?,
+        state_dir: v.abs_path(env::AGENT_STATE_DIR, "/var/lib/esb-agent")?,
+        worker_log_max_bytes: v.u64_in(env::AGENT_WORKER_LOG_MAX_BYTES, 10 * MIB, 4096, 1 << 40)?,
+    })
+}
+
+fn registry(v: &Vars<'_>) -> Result<RegistrySettings, ConfigError> {
+    let default_registry = v.string(env::CONTAINER_REGISTRY, "registry:5010")?;
+    if !valid_registry_host(&default_registry) {
+        return Err(v.bad(
+            env::CONTAINER_REGISTRY,
+            &default_registry,
+            "a registry host with an optional port, without scheme or path, e.g. registry:5010",
+        ));
+    }
+    let ca_path = v.opt_abs_path(env::CONTAINER_REGISTRY_CA_PATH)?;
+    if let Some(p) = &ca_path {
+        require_file(env::CONTAINER_REGISTRY_CA_PATH, p)?;
+    }
+    let ca_only = v.bool(env::CONTAINER_REGISTRY_CA_ONLY, false)?;
+    if ca_only && ca_path.is_none() {
+        return Err(ConfigError::new(
+            env::CONTAINER_REGISTRY_CA_ONLY,
+            "is on but CONTAINER_REGISTRY_CA_PATH is unset; set the CA or turn it off",
+        ));
+    }
+    Ok(RegistrySettings {
+        default_registry,
+        insecure: v.bool(env::CONTAINER_REGISTRY_INSECURE, false)?,
+        ca_path,
+        ca_only,
+        pull_policy: v.choice(
+            env::IMAGE_PULL_POLICY,
+            PullPolicy::IfNotPresent,
+            &[
+                ("if-not-present", PullPolicy::IfNotPresent),
+                ("ifnotpresent", PullPolicy::IfNotPresent),
+                ("always", PullPolicy::Always),
+            ],
+        )?,
+    })
+}
+
+/// `host[:port]` with a DNS-ish host or an IP (IPv6 in brackets).
+fn valid_registry_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.contains("://")
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+fn worker(v: &Vars<'_>) -> Result<WorkerDefaults, ConfigError> {
+    let d = WorkerDefaults::default();
+    let cpu_millis = match v.raw(env::AGENT_WORKER_CPU_MILLIS)? {
+        None => d.cpu_millis,
+        Some(s) if s.eq_ignore_ascii_case("auto") => None,
+        Some(_) => Some(
+            v.u64_in(env::AGENT_WORKER_CPU_MILLIS, 0, 10, 1_000_000)
+                .map_err(|e| {
+                    ConfigError::new(e.var, e.message.replace("expected ", "expected auto or "))
+                })?,
+        ),
+    };
+    Ok(WorkerDefaults {
+        memory_bytes: v.u64_in(
+            env::AGENT_WORKER_MEMORY_MIB,
+            d.memory_bytes / MIB,
+            16,
+            1 << 20,
+        )? * MIB,
+        cpu_millis,
+        cpu_max_millis: v.u64_in(
+            env::AGENT_WORKER_CPU_MAX_MILLIS,
+            d.cpu_max_millis,
+            100,
+            1_000_000,
+        )?,
+        pids_limit: v.u64_in(env::AGENT_WORKER_PIDS_LIMIT, d.pids_limit, 16, 4_194_304)?,
+    })
+}
+
+pub fn containerd(v: &Vars<'_>, identity: &Identity) -> Result<ContainerdSettings, ConfigError> {
+    let runtime = v.string(env::CONTAINERD_RUNTIME, "io.containerd.runc.v2")?;
+    if !runtime
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(v.bad(
+            env::CONTAINERD_RUNTIME,
+            &runtime,
+            "a runtime name such as io.containerd.runc.v2",
+        ));
+    }
+    let default_snapshotter = if runtime == "aws.firecracker" {
+        "devmapper"
+    } else {
+        "overlayfs"
+    };
+    let snapshotter = v.string(env::CONTAINERD_SNAPSHOTTER, default_snapshotter)?;
+    if !snapshotter
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(v.bad(
+            env::CONTAINERD_SNAPSHOTTER,
+            &snapshotter,
+            "a snapshotter name such as overlayfs",
+        ));
+    }
+    Ok(ContainerdSettings {
+        socket: v.abs_path(env::CONTAINERD_SOCKET, "/run/containerd/containerd.sock")?,
+        runtime,
+        snapshotter,
+        namespace: identity.namespace().to_string(),
+    })
+}
+
+pub fn docker(v: &Vars<'_>) -> Result<DockerSettings, ConfigError> {
+    let network = v.raw(env::CONTAINERS_NETWORK)?.ok_or_else(|| {
+        ConfigError::new(
+            env::CONTAINERS_NETWORK,
+            "is required with AGENT_RUNTIME=docker: the Docker network workers join",
+        )
+    })?;
+    let host = v.raw(env::DOCKER_HOST)?;
+    if let Some(h) = &host
+        && !["unix://", "tcp://", "http://", "https://"]
+            .iter()
+            .any(|p| h.starts_with(p))
+    {
+        return Err(v.bad(
+            env::DOCKER_HOST,
+            h,
+            "a unix://, tcp://, http:// or https:// URL",
+        ));
+    }
+    Ok(DockerSettings { host, network })
+}
+
+/// `path` must be an existing regular file (checked at start-up, not at first use).
+pub fn require_file(var: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ConfigError::new(
+            var,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(ConfigError::new(
+            var,
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}

@@ -1,0 +1,383 @@
+//! Config tests: defaults, derivation, flags over env, and a table of bad values — each must
+//! fail with an error naming its variable.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use super::*;
+use esb_server::{ShutdownPolicy, TlsSettings};
+
+/// A minimal valid docker config plus `extra`.
+fn docker_src(extra: &[(&str, &str)]) -> MapSource {
+    let mut m = MapSource::from_pairs([
+        ("ENV", "dev"),
+        ("CONTAINERS_NETWORK", "acme-dev-external"),
+        ("AGENT_GRPC_TLS_DISABLED", "1"),
+    ]);
+    for (k, val) in extra {
+        m.0.insert(k.to_string(), val.to_string());
+    }
+    m
+}
+
+/// A containerd config whose CNI dirs live in `dir`.
+fn containerd_src(dir: &std::path::Path, extra: &[(&str, &str)]) -> MapSource {
+    let conf = dir.join("net.d");
+    let conf = conf.to_str().unwrap();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("AGENT_RUNTIME", "containerd"),
+        ("ESB_BRAND_SLUG", "esb"),
+        ("CNI_CONF_DIR", conf),
+    ];
+    pairs.extend_from_slice(extra);
+    docker_src(&pairs)
+}
+
+#[test]
+fn docker_defaults() {
+    let c = load(&docker_src(&[])).unwrap();
+    assert_eq!(c.common.identity.brand(), "acme");
+    assert_eq!(c.common.identity.env(), "dev");
+    let Backend::Docker(d) = &c.backend else {
+        panic!("docker expected")
+    };
+    assert_eq!(d.network, "acme-dev-external");
+    assert_eq!(d.host, None);
+    let s = &c.server;
+    assert_eq!(s.listen_addr.to_string(), "0.0.0.0:50051");
+    assert_eq!(s.metrics_addr.unwrap().to_string(), "0.0.0.0:9091");
+    assert_eq!(s.tls, TlsSettings::Disabled);
+    assert_eq!(s.auth_token, None);
+    assert!(!s.reflection);
+    assert_eq!(s.invoke.max_response_bytes, 10485760);
+    assert!(s.max_request_bytes >= 12 * 1024 * 1024);
+    assert_eq!(s.invoke.default_timeout, Duration::from_secs(30));
+    assert_eq!(s.shutdown_policy, ShutdownPolicy::Keep);
+    assert_eq!(
+        c.common.state_dir,
+        std::path::PathBuf::from("/var/lib/esb-agent")
+    );
+    assert_eq!(c.common.registry.default_registry, "registry:5010");
+    assert!(!c.common.registry.insecure);
+    assert_eq!(c.common.worker.memory_bytes, 512 * 1024 * 1024);
+    assert_eq!(c.logging.filter, "info");
+    assert_eq!(c.logging.format, LogFormat::Text);
+}
+
+#[test]
+fn containerd_derives_cni_from_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&containerd_src(dir.path(), &[])).unwrap();
+    let Backend::Containerd { containerd, cni } = &c.backend else {
+        panic!("containerd expected")
+    };
+    assert_eq!(containerd.namespace, "esb");
+    assert_eq!(containerd.runtime, "io.containerd.runc.v2");
+    assert_eq!(containerd.snapshotter, "overlayfs");
+    assert_eq!(cni.network_name, "esb-net");
+    assert_eq!(cni.bridge, "esb-esbefb03b");
+    assert_eq!(cni.subnet, "10.184.208.0/23");
+    assert_eq!(cni.gateway, "10.184.208.1");
+    assert_eq!(cni.dns_server, "10.184.208.1");
+    assert_eq!(cni.conf_file, dir.path().join("net.d/10-esb-net.conflist"));
+    assert!(cni.ip_masq);
+    assert_eq!(
+        cni.identity_file,
+        std::path::PathBuf::from("/var/lib/cni/esb-cni.env")
+    );
+}
+
+#[test]
+fn firecracker_defaults_to_devmapper() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&containerd_src(
+        dir.path(),
+        &[("CONTAINERD_RUNTIME", "aws.firecracker")],
+    ))
+    .unwrap();
+    let Backend::Containerd { containerd, .. } = &c.backend else {
+        panic!()
+    };
+    assert_eq!(containerd.snapshotter, "devmapper");
+}
+
+#[test]
+fn cni_explicit_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&containerd_src(
+        dir.path(),
+        &[
+            ("CNI_SUBNET", "10.199.7.0/24"),
+            ("CNI_GW_IP", "10.199.7.254"),
+            ("CNI_BRIDGE", "esbt-x"),
+            ("CNI_IP_MASQ", "false"),
+            ("CNI_CONF_FILE", "50-x.conflist"),
+        ],
+    ))
+    .unwrap();
+    let Backend::Containerd { cni, .. } = &c.backend else {
+        panic!()
+    };
+    assert_eq!(cni.subnet, "10.199.7.0/24");
+    assert_eq!(cni.gateway, "10.199.7.254");
+    // DNS: CNI_DNS_SERVER -> CNI_GW_IP -> gateway.
+    assert_eq!(cni.dns_server, "10.199.7.254");
+    assert_eq!(cni.bridge, "esbt-x");
+    assert!(!cni.ip_masq);
+    assert_eq!(cni.conf_file, dir.path().join("net.d/50-x.conflist"));
+    let c = load(&containerd_src(
+        dir.path(),
+        &[("CNI_DNS_SERVER", "192.0.2.53")],
+    ))
+    .unwrap();
+    let Backend::Containerd { cni, .. } = &c.backend else {
+        panic!()
+    };
+    assert_eq!(cni.dns_server, "192.0.2.53");
+}
+
+#[test]
+fn log_level_sources_and_directives() {
+    let c = load(&docker_src(&[("LOG_LEVEL", "WARNING")])).unwrap();
+    assert_eq!(c.logging.filter, "warn");
+    let c = load(&docker_src(&[
+        ("LOG_LEVEL", "error"),
+        ("AGENT_LOG_LEVEL", "DEBUG"),
+    ]))
+    .unwrap();
+    assert!(
+        c.logging.filter.starts_with("debug,"),
+        "{}",
+        c.logging.filter
+    );
+    let c = load(&docker_src(&[
+        ("AGENT_LOG_LEVEL", "info,esb_server=debug"),
+        ("AGENT_LOG_FORMAT", "JSON"),
+    ]))
+    .unwrap();
+    assert_eq!(c.logging.filter, "info,esb_server=debug");
+    assert_eq!(c.logging.format, LogFormat::Json);
+}
+
+#[test]
+fn flags_override_env() {
+    let flags = MapSource::from_pairs([("PORT", "6000"), ("ENV", "prod")]);
+    let src = Layered {
+        top: flags,
+        bottom: docker_src(&[("PORT", "5000")]),
+    };
+    let c = load(&src).unwrap();
+    assert_eq!(c.server.listen_addr.port(), 6000);
+    assert_eq!(c.common.identity.env(), "prod");
+}
+
+#[test]
+fn blank_values_mean_unset() {
+    let c = load(&docker_src(&[("PORT", "  "), ("AGENT_STATE_DIR", "")])).unwrap();
+    assert_eq!(c.server.listen_addr.port(), 50051);
+    assert_eq!(
+        c.common.state_dir,
+        std::path::PathBuf::from("/var/lib/esb-agent")
+    );
+}
+
+#[test]
+fn token_from_env_or_file_and_redacted() {
+    let c = load(&docker_src(&[("AGENT_AUTH_TOKEN", "s3cr3t-token")])).unwrap();
+    assert_eq!(c.server.auth_token.as_deref(), Some("s3cr3t-token"));
+    let text = render(&c);
+    assert!(!text.contains("s3cr3t-token"));
+    assert!(text.contains("<redacted>"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("token");
+    std::fs::write(&f, "file-token\n").unwrap();
+    let c = load(&docker_src(&[(
+        "AGENT_AUTH_TOKEN_FILE",
+        f.to_str().unwrap(),
+    )]))
+    .unwrap();
+    assert_eq!(c.server.auth_token.as_deref(), Some("file-token"));
+
+    let err = load(&docker_src(&[("AGENT_AUTH_TOKEN", "bad token\u{1}")])).unwrap_err();
+    assert_eq!(err.var, "AGENT_AUTH_TOKEN");
+    assert!(!err.to_string().contains("bad token"), "{err}");
+}
+
+#[test]
+fn mtls_files_and_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| {
+        let f = dir.path().join(n);
+        std::fs::write(&f, "pem").unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let (cert, key, ca) = (p("c.crt"), p("c.key"), p("ca.crt"));
+    let c = load(&docker_src(&[
+        ("AGENT_GRPC_TLS_DISABLED", "0"),
+        ("AGENT_GRPC_CERT_PATH", &cert),
+        ("AGENT_GRPC_KEY_PATH", &key),
+        ("AGENT_GRPC_CA_CERT_PATH", &ca),
+        ("AGENT_GRPC_ALLOWED_CLIENTS", "gateway, spiffe://esb/gw ,"),
+    ]))
+    .unwrap();
+    let TlsSettings::Mutual {
+        allowed_client_identities,
+        ..
+    } = &c.server.tls
+    else {
+        panic!()
+    };
+    assert_eq!(allowed_client_identities, &["gateway", "spiffe://esb/gw"]);
+    // Default paths do not exist here: TLS on by default fails naming the cert variable.
+    let err = load(&docker_src(&[("AGENT_GRPC_TLS_DISABLED", "")])).unwrap_err();
+    assert_eq!(err.var, "AGENT_GRPC_CERT_PATH", "{err}");
+}
+
+#[test]
+fn render_lists_effective_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(&containerd_src(dir.path(), &[])).unwrap();
+    let text = render(&c);
+    for want in [
+        "runtime",
+        "containerd",
+        "cni.subnet",
+        "10.184.208.0/23",
+        "esb-esbefb03b",
+        "DISABLED",
+    ] {
+        assert!(text.contains(want), "{want} missing in:\n{text}");
+    }
+}
+
+/// Every variable with a bad value: the error names it (and a secret is never echoed).
+#[test]
+fn bad_values_name_their_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let dir_not_file = d.to_string();
+    let cases: &[(&str, &str)] = &[
+        ("ENV", "a\u{7}b"),
+        ("AGENT_RUNTIME", "podman"),
+        ("PORT", "65536"),
+        ("PORT", "http"),
+        ("AGENT_LISTEN_ADDR", "localhost"),
+        ("AGENT_METRICS_PORT", "-1"),
+        ("AGENT_METRICS_PORT", "50051"),
+        ("AGENT_METRICS_LISTEN_ADDR", "x"),
+        ("AGENT_LOG_LEVEL", "loud"),
+        ("LOG_LEVEL", "verbose"),
+        ("AGENT_LOG_FORMAT", "xml"),
+        ("AGENT_GRPC_TLS_DISABLED", "maybe"),
+        ("AGENT_GRPC_REFLECTION", "2"),
+        ("AGENT_GRPC_ALLOWED_CLIENTS", "gw"),
+        ("AGENT_AUTH_TOKEN", "has space"),
+        ("AGENT_AUTH_TOKEN_FILE", "relative/token"),
+        ("AGENT_GRPC_MAX_REQUEST_BYTES", "1024"),
+        ("AGENT_GRPC_MAX_RESPONSE_BYTES", "100000"),
+        ("AGENT_INVOKE_MAX_RESPONSE_SIZE", "0"),
+        ("AGENT_INVOKE_DEFAULT_TIMEOUT", "soon"),
+        ("AGENT_DRAIN_TIMEOUT", "5 years"),
+        ("AGENT_SHUTDOWN_POLICY", "kill"),
+        ("AGENT_GC_INTERVAL", "0s"),
+        ("AGENT_HEALTH_INTERVAL", "1ms"),
+        ("AGENT_STATE_DIR", "state"),
+        ("AGENT_WORKER_MEMORY_MIB", "1"),
+        ("AGENT_WORKER_CPU_MILLIS", "lots"),
+        ("AGENT_WORKER_CPU_MAX_MILLIS", "1"),
+        ("AGENT_WORKER_PIDS_LIMIT", "0"),
+        ("AGENT_WORKER_LOG_MAX_BYTES", "12"),
+        ("CONTAINER_REGISTRY", "https://registry:5010"),
+        ("CONTAINER_REGISTRY_INSECURE", "sometimes"),
+        ("CONTAINER_REGISTRY_CA_PATH", "/nonexistent/ca.crt"),
+        ("CONTAINER_REGISTRY_CA_ONLY", "1"),
+        ("IMAGE_PULL_POLICY", "never"),
+        ("DOCKER_HOST", "/var/run/docker.sock"),
+        ("AGENT_GRPC_CERT_PATH", &dir_not_file),
+    ];
+    let containerd_cases: &[(&str, &str)] = &[
+        ("CONTAINERD_SOCKET", "run/containerd.sock"),
+        ("CONTAINERD_RUNTIME", "runc v2"),
+        ("CONTAINERD_SNAPSHOTTER", "over/lay"),
+        ("CNI_CONF_DIR", "net.d"),
+        ("CNI_BIN_DIR", "bin"),
+        ("CNI_CONF_FILE", "10-x.conf"),
+        ("CNI_SUBNET", "10.1.2.3/24"),
+        ("CNI_SUBNET", "10.1.0.0/31"),
+        ("CNI_SUBNET", "fd00::/64"),
+        ("CNI_BRIDGE", "a-very-long-bridge-name"),
+        ("CNI_GW_IP", "10.0.0.1"),
+        ("CNI_DNS_SERVER", "dns.local"),
+        ("CNI_NET_DIR", "networks"),
+        ("CNI_IP_MASQ", "perhaps"),
+        ("CNI_IDENTITY_FILE", "esb-cni.env"),
+    ];
+    let check = |src: MapSource, var: &str, value: &str| {
+        let err = load(&src).expect_err(&format!("{var}={value:?} must be refused"));
+        assert_eq!(err.var, var, "{var}={value:?} gave: {err}");
+        let line = err.to_string();
+        assert!(line.starts_with(&format!("{var}: ")), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    };
+    for (var, value) in cases {
+        let mut extra = vec![(*var, *value)];
+        if *var == "AGENT_GRPC_CERT_PATH" {
+            extra.push(("AGENT_GRPC_TLS_DISABLED", "0"));
+        }
+        check(docker_src(&extra), var, value);
+    }
+    for (var, value) in containerd_cases {
+        let extra = [(*var, *value)];
+        let mut src = containerd_src(dir.path(), &extra);
+        if *var == "CNI_GW_IP" {
+            src.0.insert("CNI_SUBNET".into(), "10.199.7.0/24".into());
+        }
+        check(src, var, value);
+    }
+    // Required values.
+    let mut no_env = docker_src(&[]);
+    no_env.0.remove("ENV");
+    check(no_env, "ENV", "");
+    check(
+        MapSource::from_pairs([
+            ("ENV", "dev"),
+            ("CONTAINERS_NETWORK", "bridge"),
+            ("AGENT_GRPC_TLS_DISABLED", "1"),
+        ]),
+        "ESB_BRAND_SLUG",
+        "",
+    );
+    check(
+        MapSource::from_pairs([
+            ("ENV", "dev"),
+            ("PROJECT_NAME", "acme"),
+            ("AGENT_GRPC_TLS_DISABLED", "1"),
+        ]),
+        "CONTAINERS_NETWORK",
+        "",
+    );
+    check(
+        docker_src(&[("ESB_BRAND_SLUG", &"b".repeat(64))]),
+        "ESB_BRAND_SLUG",
+        "long",
+    );
+}
+
+/// docs/configuration.md documents every variable of the table.
+#[test]
+fn every_setting_is_documented() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    for s in env::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", s.env)),
+            "{} missing from docs/configuration.md",
+            s.env
+        );
+        assert!(
+            doc.contains(&format!("--{}", s.flag)),
+            "--{} missing from docs/configuration.md",
+            s.flag
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! `esb-agent serve`: connect the chosen backend, bind the server (which reconciles before
+//! serving), serve until a shutdown signal, then drain and stop.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use esb_runtime::Runtime;
+
+use crate::config::{Backend, Config};
+use crate::signals::Shutdown;
+
+/// Runs the daemon until `shutdown` and the server's drain complete.
+pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    for note in &cfg.notes {
+        tracing::warn!(note = %note, "configuration");
+    }
+    let id = &cfg.common.identity;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        runtime = cfg.backend.name(),
+        brand = id.brand(),
+        env = id.env(),
+        state_dir = %cfg.common.state_dir.display(),
+        "starting esb-agent"
+    );
+    if cfg.server.auth_token.is_none()
+        && matches!(cfg.server.tls, esb_server::TlsSettings::Disabled)
+    {
+        tracing::warn!(
+            "no TLS and no bearer token: any local process that reaches the gRPC port can control workers"
+        );
+    }
+    create_state_dir(&cfg.common.state_dir)?;
+
+    let runtime = tokio::select! {
+        r = connect(cfg.backend, cfg.common) => r?,
+        () = shutdown.clone().wait() => {
+            tracing::info!("shutdown requested before the runtime was connected");
+            return Ok(());
+        }
+    };
+    let server = esb_server::bind(cfg.server, runtime)
+        .await
+        .context("cannot start the gRPC server")?;
+    tracing::info!(
+        grpc_addr = %server.grpc_addr(),
+        metrics_addr = ?server.metrics_addr(),
+        "serving"
+    );
+    server.run(shutdown.wait()).await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects the configured backend (each constructor retries within its own bound).
+async fn connect(
+    backend: Backend,
+    common: esb_runtime::settings::CommonSettings,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    Ok(match backend {
+        Backend::Containerd { containerd, cni } => {
+            let socket = containerd.socket.display().to_string();
+            let rt = esb_containerd::ContainerdRuntime::connect(common, containerd, cni)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.chain()))
+                .with_context(|| {
+                    format!("cannot start the containerd backend (socket {socket})")
+                })?;
+            Arc::new(rt)
+        }
+        Backend::Docker(docker) => {
+            let rt = esb_docker::DockerRuntime::connect(common, docker)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.chain()))
+                .context("cannot start the docker backend")?;
+            Arc::new(rt)
+        }
+    })
+}
+
+/// The state dir holds journals and worker logs: private to the agent's user.
+fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create the state directory {} (AGENT_STATE_DIR)",
+                dir.display()
+            )
+        })
+}
