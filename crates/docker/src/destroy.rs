@@ -34,6 +34,7 @@ async fn destroy_now(inner: &Inner, id: &str) -> Result<bool> {
         .await
     {
         Ok(()) => {
+            inner.known.forget(&full_id);
             tracing::info!(id = %full_id, "worker destroyed");
             Ok(true)
         }
@@ -61,6 +62,9 @@ pub(crate) async fn remove_quietly(inner: &Inner, id: &str) -> Result<()> {
             "remove worker: no answer within 30s",
         )),
     };
+    if res.is_ok() {
+        inner.known.forget(id);
+    }
     if let Err(e) = &res {
         tracing::warn!(id, error = %e.chain(), "worker removal failed");
     }

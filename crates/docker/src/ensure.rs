@@ -14,6 +14,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
 use esb_runtime::names::worker_name;
+use esb_runtime::settings::PullPolicy;
 use esb_runtime::{
     EnsureRequest, ErrorKind, Result, RuntimeError, WORKER_PORT, Worker, WorkerStatus,
 };
@@ -33,13 +34,10 @@ const LOG_FILES: u64 = 2;
 pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker> {
     validate_env(&req.env)?;
     let image = parse_ref(&req.image, &inner.common.registry.default_registry)?;
-    ensure_image(
-        &inner.docker,
-        &inner.pulls,
-        &image,
-        inner.common.registry.pull_policy,
-    )
-    .await?;
+    let policy = inner.common.registry.pull_policy;
+    if policy == PullPolicy::Always {
+        ensure_image(&inner.docker, &inner.pulls, &image, policy).await?;
+    }
 
     let name = worker_name(&inner.common.identity, &req.function_name);
     let body = spec(inner, &req, &image);
@@ -48,7 +46,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     lock_in_flight(inner).insert(name.clone());
     tokio::spawn(async move {
         let inner = task_inner;
-        let result = build(&inner, &name, body, &req).await;
+        let result = build(&inner, &name, body, &req, &image).await;
         if let Err(Ok(worker)) = tx.send(result) {
             tracing::info!(worker = %worker.name, "ensure abandoned by its caller; removing the worker");
             remove_detached(&inner, &worker.id).await;
@@ -127,22 +125,34 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Create, start, resolve the IP; removes the container on any failure after create.
+/// With `if-not-present` the create itself is the presence check (one round trip less on
+/// the hot path); only its "no such image" answer triggers a pull (review P3-3).
 async fn build(
     inner: &Inner,
     name: &str,
     body: ContainerCreateBody,
     req: &EnsureRequest,
+    image: &ImageRef,
 ) -> Result<Worker> {
     let opts = CreateContainerOptions {
         name: Some(name.to_string()),
         ..Default::default()
     };
-    let created = inner
+    let first = inner
         .docker
-        .create_container(Some(opts), body)
-        .await
-        .map_err(create_error)?;
+        .create_container(Some(opts.clone()), body.clone())
+        .await;
+    let created = match first {
+        Err(e) if is_no_such_image(&e) => {
+            let policy = inner.common.registry.pull_policy;
+            ensure_image(&inner.docker, &inner.pulls, image, policy).await?;
+            inner.docker.create_container(Some(opts), body).await
+        }
+        other => other,
+    }
+    .map_err(create_error)?;
     let id = created.id;
+    inner.known.remember(&id);
     match start_and_address(inner, &id).await {
         Ok((ip, created_at)) => {
             tracing::info!(worker = name, id = %id, %ip, "worker started");
@@ -162,6 +172,11 @@ async fn build(
             Err(e)
         }
     }
+}
+
+fn is_no_such_image(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, message }
+        if message.to_lowercase().contains("no such image"))
 }
 
 fn create_error(e: bollard::errors::Error) -> RuntimeError {

@@ -10,6 +10,7 @@ mod ensure;
 mod error;
 mod gc;
 mod image;
+mod known;
 mod list;
 mod metrics;
 mod pause;
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     /// Names of workers an `ensure` of this process is still building; GC leaves them alone.
     pub(crate) in_flight: Mutex<HashSet<String>>,
     pub(crate) caps: RuntimeCapabilities,
+    /// Ids known to be managed (hot-path scope check).
+    pub(crate) known: known::KnownWorkers,
 }
 
 impl DockerRuntime {
@@ -56,6 +59,7 @@ impl DockerRuntime {
                 pulls: image::PullLocks::default(),
                 in_flight: Mutex::new(HashSet::new()),
                 caps,
+                known: known::KnownWorkers::default(),
             }),
         })
     }

@@ -35,10 +35,12 @@ pub(crate) async fn list(inner: &Inner) -> Result<Vec<WorkerState>> {
         .await
         .map_err(|e| map(e, "list workers", Subject::Worker))?;
     let identity = &inner.common.identity;
-    Ok(containers
+    let workers: Vec<WorkerState> = containers
         .iter()
         .filter_map(|c| state_from_summary(c, identity, &inner.settings.network))
-        .collect())
+        .collect();
+    inner.known.replace(workers.iter().map(|w| w.id.as_str()));
+    Ok(workers)
 }
 
 pub(crate) async fn inspect(inner: &Inner, id: &str) -> Result<Option<WorkerState>> {
@@ -62,7 +64,11 @@ pub(crate) async fn inspect_managed(
     {
         Ok(c) => {
             let labels = labels_of(c.config.as_ref().and_then(|cfg| cfg.labels.as_ref()));
-            Ok(inner.common.identity.is_managed(&labels).then_some(c))
+            let managed = inner.common.identity.is_managed(&labels);
+            if let (true, Some(full)) = (managed, c.id.as_deref()) {
+                inner.known.remember(full);
+            }
+            Ok(managed.then_some(c))
         }
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(map(e, "inspect worker", Subject::Worker)),
