@@ -1,5 +1,7 @@
 //! Logging: one `tracing` subscriber, text or JSON on stderr, filter from the config.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -10,6 +12,8 @@ pub fn init(s: &LogSettings) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: journald and log collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let installed = match s.format {
         LogFormat::Text => builder.try_init(),

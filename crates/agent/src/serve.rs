@@ -44,7 +44,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .context("cannot start the gRPC server")?;
     tracing::info!(
         grpc_addr = %server.grpc_addr(),
-        metrics_addr = ?server.metrics_addr(),
+        metrics_addr = %server.metrics_addr().map_or("off".to_string(), |a| a.to_string()),
         "serving"
     );
     server.run(shutdown.wait()).await.context("server failed")?;

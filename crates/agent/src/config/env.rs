@@ -79,7 +79,7 @@ settings! {
     CNI_IP_MASQ = "CNI_IP_MASQ", "cni-ip-masq", false, "Masquerade worker traffic leaving the bridge";
     CNI_IDENTITY_FILE = "CNI_IDENTITY_FILE", "cni-identity-file", false, "Identity file read by the gateway (esb-cni.env)";
     // docker
-    DOCKER_HOST = "DOCKER_HOST", "docker-host", false, "Docker Engine endpoint (unix://, tcp://, http://, https://)";
+    DOCKER_HOST = "DOCKER_HOST", "docker-host", false, "Docker Engine endpoint (unix://, tcp://, http://)";
 }
 
 /// The setting named `env`, if any.

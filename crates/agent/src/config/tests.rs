@@ -294,6 +294,7 @@ fn bad_values_name_their_variable() {
         ("CONTAINER_REGISTRY_CA_ONLY", "1"),
         ("IMAGE_PULL_POLICY", "never"),
         ("DOCKER_HOST", "/var/run/docker.sock"),
+        ("DOCKER_HOST", "https://docker:2376"),
         ("AGENT_GRPC_CERT_PATH", &dir_not_file),
     ];
     let containerd_cases: &[(&str, &str)] = &[
