@@ -111,7 +111,7 @@ fn sigterm_while_connecting_stops_cleanly() {
         ("PORT", "0"),
         ("AGENT_METRICS_PORT", "off"),
     ]);
-    let mut child = agent(&env, &["serve"])
+    let child = agent(&env, &["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
