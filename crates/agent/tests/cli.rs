@@ -104,7 +104,7 @@ fn sigterm_while_connecting_stops_cleanly() {
         ("CNI_CONF_DIR", conf.as_str()),
         ("CNI_NET_DIR", net.as_str()),
         ("CNI_IDENTITY_FILE", idf.as_str()),
-        ("CNI_SUBNET", "10.199.250.0/24"),
+        ("CNI_SUBNET", "10.199.201.0/24"),
         ("CNI_BRIDGE", "esbt-cli"),
         ("CNI_IP_MASQ", "false"),
         ("AGENT_LISTEN_ADDR", "127.0.0.1"),
