@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod scenarios;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,7 +1,5 @@
 //! Create/start failures and cancellation leave no container behind.
 
-use std::time::Duration;
-
 use bollard::models::{ContainerConfig, ContainerCreateBody};
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, RemoveContainerOptions, RemoveImageOptions,
@@ -96,16 +94,7 @@ async fn cancelled_ensure_leaves_nothing() -> anyhow::Result<()> {
     };
     let ctx = Ctx::new(env, 22).await?;
     let rt = ctx.runtime().await?;
-    // Cancel at several points: during create, start, and the IP look-up.
-    for ms in [5, 30, 80, 150, 300] {
-        let fut = rt.ensure(ctx.request("cancelled"));
-        let _ = tokio::time::timeout(Duration::from_millis(ms), fut).await;
-    }
-    esb_testkit::eventually(
-        "cancelled workers removed",
-        Duration::from_secs(20),
-        || async { ctx.containers().await.ok().filter(|c| c.is_empty()) },
-    )
-    .await;
+    esb_testkit::scenarios::cancelled_ensure(rt, &ctx.image()).await?;
+    assert!(ctx.containers().await?.is_empty());
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Full lifecycle: ensure -> invoke -> list -> pause/resume -> metrics -> destroy twice.
+//! Full lifecycle (the shared scenario), capabilities, and stopped workers.
 
 use std::time::Duration;
 
@@ -21,71 +21,19 @@ async fn full_lifecycle() -> anyhow::Result<()> {
     assert_eq!(caps.network, ctx.docker.network);
     rt.ping().await?;
 
-    let w = rt.ensure(ctx.request("Life-Cycle")).await?;
-    assert!(!w.ip.is_unspecified());
-    assert_eq!(w.port, 8080);
-    assert!(w.name.starts_with("esbt-dk-1-test-"), "{}", w.name);
-    assert!(w.created_at > 0);
-    assert!(
-        invoke(w.ip, r#"{"hello":"world"}"#)
-            .await?
-            .contains("world")
-    );
+    esb_testkit::scenarios::lifecycle(rt, &ctx.image()).await?;
+    assert!(ctx.containers().await?.is_empty());
+    Ok(())
+}
 
-    let list = rt.list().await?;
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].id, w.id);
-    assert_eq!(list[0].name, w.name);
-    assert_eq!(list[0].ip, Some(w.ip));
-    assert_eq!(list[0].function_name, "Life-Cycle");
-    assert_eq!(list[0].owner_id, "owner-1");
-    assert_eq!(list[0].status, WorkerStatus::Running);
-    assert_eq!(list[0].created_at, w.created_at);
-    // Inspect accepts the id and the name.
-    assert_eq!(rt.inspect(&w.name).await?.map(|s| s.id), Some(w.id.clone()));
-
-    rt.pause(&w.id).await?;
-    rt.pause(&w.id).await?;
-    assert_eq!(
-        rt.inspect(&w.id).await?.map(|s| s.status),
-        Some(WorkerStatus::Paused)
-    );
-    rt.resume(&w.id).await?;
-    rt.resume(&w.id).await?;
-    assert_eq!(
-        rt.inspect(&w.id).await?.map(|s| s.status),
-        Some(WorkerStatus::Running)
-    );
-    invoke(w.ip, "{}").await?;
-
-    let before = rt.metrics(&w.id).await?;
-    assert_eq!(before.status, Some(WorkerStatus::Running));
-    assert_eq!(before.memory_max, 536_870_912);
-    assert_eq!(before.function_name, "Life-Cycle");
-    invoke(w.ip, r#"{"burn_ms":300,"alloc_mib":64}"#).await?;
-    let after = rt.metrics(&w.id).await?;
-    assert!(
-        after.cpu_usage_ns > before.cpu_usage_ns + 100_000_000,
-        "{before:?} {after:?}"
-    );
-    assert!(
-        after.memory_current >= before.memory_current + 32 * 1024 * 1024,
-        "{before:?} {after:?}"
-    );
-    assert_eq!(after.oom_events, 0);
-
-    assert!(rt.destroy(&w.id).await?);
-    assert!(!rt.destroy(&w.id).await?);
-    assert!(rt.list().await?.is_empty());
-    assert!(rt.inspect(&w.id).await?.is_none());
-    assert_eq!(
-        rt.pause(&w.id).await.err().map(|e| e.kind()),
-        Some(ErrorKind::NotFound)
-    );
-    assert_eq!(
-        rt.metrics(&w.id).await.err().map(|e| e.kind()),
-        Some(ErrorKind::NotFound)
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exiting_worker_is_stopped_then_collected() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 3).await?;
+    let rt = ctx.runtime().await?;
+    esb_testkit::scenarios::stopped_worker(rt, &ctx.image()).await?;
     assert!(ctx.containers().await?.is_empty());
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
-use esb_runtime::{Runtime, WorkerStatus};
+use esb_runtime::Runtime;
 
-use crate::support::{Ctx, invoke};
+use crate::support::Ctx;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_containers_survive_gc() -> anyhow::Result<()> {
@@ -111,38 +111,12 @@ async fn restarted_agent_adopts_workers() -> anyhow::Result<()> {
         return Ok(());
     };
     let ctx = Ctx::new(env, 31).await?;
-    let (running, paused) = {
-        let rt = ctx.runtime().await?;
-        let a = rt.ensure(ctx.request("adopt-a")).await?;
-        let b = rt.ensure(ctx.request("adopt-b")).await?;
-        rt.pause(&b.id).await?;
-        (a, b)
-    }; // the first instance is gone, like a killed agent
-
-    let rt = ctx.runtime().await?;
-    let mut live = rt.reconcile().await?;
-    live.sort_by(|x, y| x.function_name.cmp(&y.function_name));
-    assert_eq!(live.len(), 2);
-    assert_eq!(
-        (live[0].id.as_str(), live[0].status),
-        (running.id.as_str(), WorkerStatus::Running)
-    );
-    assert_eq!(
-        (live[1].id.as_str(), live[1].status),
-        (paused.id.as_str(), WorkerStatus::Paused)
-    );
-    assert_eq!(live[0].ip, Some(running.ip));
-    assert_eq!(live[1].ip, Some(paused.ip));
-    assert_eq!(live[0].created_at, running.created_at);
-    assert_eq!(
-        rt.inspect(&paused.id).await?.and_then(|s| s.ip),
-        Some(paused.ip)
-    );
-    invoke(running.ip, "{}").await?;
-    rt.resume(&paused.id).await?;
-    invoke(paused.ip, "{}").await?;
-    assert!(rt.destroy(&running.id).await?);
-    assert!(rt.destroy(&paused.id).await?);
-    assert!(rt.list().await?.is_empty());
+    let first = ctx.runtime().await?;
+    esb_testkit::scenarios::adoption(first, &ctx.image(), || async {
+        let rt: std::sync::Arc<dyn Runtime> = ctx.runtime().await?;
+        Ok(rt)
+    })
+    .await?;
+    assert!(ctx.containers().await?.is_empty());
     Ok(())
 }

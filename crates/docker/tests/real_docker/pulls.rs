@@ -112,14 +112,8 @@ async fn missing_image_is_image_not_found_without_leftover() -> anyhow::Result<(
     let ctx = Ctx::new(env, 12).await?;
     let rt = ctx.runtime().await?;
     let registry = ctx.env.registry.clone().unwrap_or_default();
-    let mut req = ctx.request("missing");
-    req.image = format!("{registry}/esbt-dk/does-not-exist:nope");
-    let err = rt.ensure(req).await.err();
-    assert_eq!(
-        err.as_ref().map(|e| e.kind()),
-        Some(ErrorKind::ImageNotFound),
-        "{err:?}"
-    );
+    let missing = format!("{registry}/esbt-dk/does-not-exist:nope");
+    esb_testkit::scenarios::missing_image(rt.clone(), &missing).await?;
     // A malformed reference is the caller's fault.
     let mut req = ctx.request("missing");
     req.image = "Not A Ref".into();

@@ -1,10 +1,8 @@
 //! Concurrency: 20 simultaneous Ensures of one image give 20 invocable workers.
 
-use std::collections::HashSet;
+use esb_runtime::ErrorKind;
 
-use esb_runtime::{ErrorKind, Runtime};
-
-use crate::support::{Ctx, invoke};
+use crate::support::Ctx;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_ensures() -> anyhow::Result<()> {
@@ -13,35 +11,8 @@ async fn twenty_concurrent_ensures() -> anyhow::Result<()> {
     };
     let ctx = Ctx::new(env, 40).await?;
     let rt = ctx.runtime().await?;
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let rt = rt.clone();
-            let req = ctx.request(&format!("fan-{i}"));
-            tokio::spawn(async move { rt.ensure(req).await })
-        })
-        .collect();
-    let mut workers = Vec::new();
-    for t in tasks {
-        workers.push(t.await??);
-    }
-    let ips: HashSet<_> = workers.iter().map(|w| w.ip).collect();
-    assert_eq!(ips.len(), 20);
-    for w in &workers {
-        invoke(w.ip, "{}").await?;
-    }
-    assert_eq!(rt.list().await?.len(), 20);
-    let destroys: Vec<_> = workers
-        .iter()
-        .map(|w| {
-            let rt = rt.clone();
-            let id = w.id.clone();
-            tokio::spawn(async move { rt.destroy(&id).await })
-        })
-        .collect();
-    for d in destroys {
-        assert!(d.await??);
-    }
-    assert!(rt.list().await?.is_empty());
+    esb_testkit::scenarios::concurrent_ensures(rt, &ctx.image(), 20).await?;
+    assert!(ctx.containers().await?.is_empty());
     Ok(())
 }
 

@@ -2,23 +2,20 @@
 //! raw daemon access and a plain HTTP invoke of a worker.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use esb_docker::DockerRuntime;
+use esb_runtime::EnsureRequest;
 use esb_runtime::identity::Identity;
 use esb_runtime::settings::{
     CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
 };
-use esb_runtime::{EnsureRequest, WORKER_PORT};
 use esb_testkit::DevEnv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
+pub use esb_testkit::scenarios::invoke;
 
 /// One test's world: its brand (`esbt-dk-<n>`), settings and the dev env.
 pub struct Ctx {
@@ -54,6 +51,7 @@ impl Ctx {
             network: env.docker_network.clone().context("docker network")?,
         };
         remove_brand(&raw, &brand).await;
+        ensure_local_image(&raw, env.worker_image.as_deref().unwrap_or_default()).await?;
         Ok(Self {
             _guard: Guard {
                 raw: raw.clone(),
@@ -110,6 +108,24 @@ async fn containers_of(
     Ok(raw.list_containers(Some(opts)).await?)
 }
 
+/// Some tests tag the worker image locally: make sure the daemon has it.
+async fn ensure_local_image(raw: &Docker, image: &str) -> anyhow::Result<()> {
+    if raw.inspect_image(image).await.is_ok() {
+        return Ok(());
+    }
+    let (repo, tag) = image.rsplit_once(':').context("worker image without tag")?;
+    let opts = bollard::query_parameters::CreateImageOptions {
+        from_image: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+        ..Default::default()
+    };
+    let mut pull = raw.create_image(Some(opts), None, None);
+    while let Some(item) = futures::StreamExt::next(&mut pull).await {
+        item?;
+    }
+    Ok(())
+}
+
 async fn remove_brand(raw: &Docker, brand: &str) {
     if let Ok(list) = containers_of(raw, brand).await {
         for c in list {
@@ -146,42 +162,4 @@ impl Drop for Guard {
         })
         .join();
     }
-}
-
-/// POSTs `payload` to the worker's invoke endpoint; retries while the worker is not yet
-/// listening (Ensure does not wait for port 8080).
-pub async fn invoke(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match invoke_once(ip, payload).await {
-            Ok(body) => return Ok(body),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-pub async fn invoke_once(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect((ip, WORKER_PORT)).await?;
-    let req = format!(
-        "POST {INVOKE_PATH} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("no http response");
-    };
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "worker answered {}",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    Ok(body.to_string())
 }
