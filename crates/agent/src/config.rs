@@ -101,7 +101,7 @@ pub fn load(src: &dyn Source) -> Result<Config, ConfigError> {
     let logging = load_logging(&v)?;
     let identity = load_identity(&v)?;
     let common = common::load(&v, identity.clone())?;
-    let server = server::load(&v, &common.state_dir)?;
+    let server = server::load(&v, &common.state_dir, &mut notes)?;
     let backend = match runtime {
         "containerd" => Backend::Containerd {
             containerd: common::containerd(&v, &identity)?,

@@ -23,12 +23,14 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         state_dir = %cfg.common.state_dir.display(),
         "starting esb-agent"
     );
-    if cfg.server.auth_token.is_none()
-        && matches!(cfg.server.tls, esb_server::TlsSettings::Disabled)
-    {
-        tracing::warn!(
-            "no TLS and no bearer token: any local process that reaches the gRPC port can control workers"
-        );
+    if matches!(cfg.server.tls, esb_server::TlsSettings::Disabled) {
+        match cfg.server.auth_token {
+            None => tracing::warn!(
+                listen_addr = %cfg.server.listen_addr,
+                "no TLS and no bearer token: anyone who reaches the gRPC port controls workers"
+            ),
+            Some(_) => tracing::warn!("the bearer token travels in plaintext: TLS is disabled"),
+        }
     }
     create_state_dir(&cfg.common.state_dir)?;
 

@@ -117,6 +117,11 @@ fn pki(dir: &Path) -> Pki {
     std::fs::write(dir.join("server.key"), key).unwrap();
     std::fs::write(dir.join("ca.crt"), &ca_pem).unwrap();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
     let gateway = leaf(
         &issuer,
         "gateway",

@@ -17,7 +17,11 @@ const MIN_DEFAULT_GRPC_BYTES: u64 = 12 * MIB;
 const GRPC_OVERHEAD: u64 = 2 * MIB;
 const MAX_TOKEN_LEN: usize = 4096;
 
-pub fn load(v: &Vars<'_>, state_dir: &Path) -> Result<ServerSettings, ConfigError> {
+pub fn load(
+    v: &Vars<'_>,
+    state_dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<ServerSettings, ConfigError> {
     let listen_ip = v
         .opt_ip(env::AGENT_LISTEN_ADDR)?
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -84,7 +88,7 @@ pub fn load(v: &Vars<'_>, state_dir: &Path) -> Result<ServerSettings, ConfigErro
         listen_addr: SocketAddr::new(listen_ip, port),
         metrics_addr,
         tls,
-        auth_token: token(v)?,
+        auth_token: token(v, notes)?,
         reflection: v.bool(env::AGENT_GRPC_REFLECTION, false)?,
         max_request_bytes: usize::try_from(max_request).unwrap_or(usize::MAX),
         max_response_bytes: usize::try_from(max_response).unwrap_or(usize::MAX),
@@ -171,7 +175,7 @@ fn tls(v: &Vars<'_>) -> Result<TlsSettings, ConfigError> {
 }
 
 /// The bearer token from `AGENT_AUTH_TOKEN` or `AGENT_AUTH_TOKEN_FILE` (not both).
-fn token(v: &Vars<'_>) -> Result<Option<String>, ConfigError> {
+fn token(v: &Vars<'_>, notes: &mut Vec<String>) -> Result<Option<String>, ConfigError> {
     let direct = v.raw(env::AGENT_AUTH_TOKEN)?;
     let file = v.opt_abs_path(env::AGENT_AUTH_TOKEN_FILE)?;
     let (var, token) = match (direct, file) {
@@ -184,6 +188,7 @@ fn token(v: &Vars<'_>) -> Result<Option<String>, ConfigError> {
         }
         (Some(t), None) => (env::AGENT_AUTH_TOKEN, t),
         (None, Some(p)) => {
+            warn_if_shared(&p, notes);
             let text = std::fs::read_to_string(&p).map_err(|e| {
                 ConfigError::new(
                     env::AGENT_AUTH_TOKEN_FILE,
@@ -204,4 +209,17 @@ fn token(v: &Vars<'_>) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(Some(token))
+}
+
+/// A token file others can read is a leaked secret waiting to happen: say so.
+fn warn_if_shared(path: &Path, notes: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        notes.push(format!(
+            "AGENT_AUTH_TOKEN_FILE {} is readable by group or others; chmod 600 it",
+            path.display()
+        ));
+    }
 }

@@ -192,12 +192,21 @@ fn token_from_env_or_file_and_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("token");
     std::fs::write(&f, "file-token\n").unwrap();
-    let c = load(&docker_src(&[(
-        "AGENT_AUTH_TOKEN_FILE",
-        f.to_str().unwrap(),
-    )]))
-    .unwrap();
-    assert_eq!(c.server.auth_token.as_deref(), Some("file-token"));
+    let file_src = docker_src(&[("AGENT_AUTH_TOKEN_FILE", f.to_str().unwrap())]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = load(&file_src).unwrap();
+        assert_eq!(c.server.auth_token.as_deref(), Some("file-token"));
+        assert!(
+            c.notes.iter().any(|n| n.contains("chmod 600")),
+            "{:?}",
+            c.notes
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let c = load(&file_src).unwrap();
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
 
     let err = load(&docker_src(&[("AGENT_AUTH_TOKEN", "bad token\u{1}")])).unwrap_err();
     assert_eq!(err.var, "AGENT_AUTH_TOKEN");
