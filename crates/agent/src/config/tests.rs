@@ -305,6 +305,8 @@ fn bad_values_name_their_variable() {
         ("DOCKER_HOST", "/var/run/docker.sock"),
         ("DOCKER_HOST", "https://docker:2376"),
         ("AGENT_GRPC_CERT_PATH", &dir_not_file),
+        ("AGENT_GRPC_KEY_PATH", "relative.key"),
+        ("AGENT_GRPC_CA_CERT_PATH", "/nonexistent/ca.crt"),
     ];
     let containerd_cases: &[(&str, &str)] = &[
         ("CONTAINERD_SOCKET", "run/containerd.sock"),
@@ -323,18 +325,30 @@ fn bad_values_name_their_variable() {
         ("CNI_IP_MASQ", "perhaps"),
         ("CNI_IDENTITY_FILE", "esb-cni.env"),
     ];
+    let tested = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let check = |src: MapSource, var: &str, value: &str| {
+        tested.borrow_mut().insert(var.to_string());
         let err = load(&src).expect_err(&format!("{var}={value:?} must be refused"));
         assert_eq!(err.var, var, "{var}={value:?} gave: {err}");
         let line = err.to_string();
         assert!(line.starts_with(&format!("{var}: ")), "{line}");
         assert!(!line.contains('\n'), "{line}");
     };
+    let pem = dir.path().join("valid.pem");
+    std::fs::write(&pem, "pem").unwrap();
+    let pem = pem.to_str().unwrap();
     for (var, value) in cases {
-        let mut extra = vec![(*var, *value)];
-        if *var == "AGENT_GRPC_CERT_PATH" {
-            extra.push(("AGENT_GRPC_TLS_DISABLED", "0"));
+        let mut extra = Vec::new();
+        if var.starts_with("AGENT_GRPC_") && var.ends_with("_PATH") {
+            // The other TLS files are valid: only `var` is at fault.
+            extra.extend([
+                ("AGENT_GRPC_TLS_DISABLED", "0"),
+                ("AGENT_GRPC_CERT_PATH", pem),
+                ("AGENT_GRPC_KEY_PATH", pem),
+                ("AGENT_GRPC_CA_CERT_PATH", pem),
+            ]);
         }
+        extra.push((*var, *value));
         check(docker_src(&extra), var, value);
     }
     for (var, value) in containerd_cases {
@@ -372,6 +386,13 @@ fn bad_values_name_their_variable() {
         "ESB_BRAND_SLUG",
         "long",
     );
+    // Every setting with a refusable value is covered above; PROJECT_NAME is free-form.
+    let untested: Vec<_> = env::ALL
+        .iter()
+        .map(|s| s.env)
+        .filter(|e| !tested.borrow().contains(*e) && *e != "PROJECT_NAME")
+        .collect();
+    assert!(untested.is_empty(), "no bad-value case for {untested:?}");
 }
 
 /// docs/configuration.md documents every variable of the table.
