@@ -182,3 +182,39 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}m", ms / 60_000)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "1.5s",
+            "1d",
+            "10 s x",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        for d in ["500ms", "30s", "2m", "0s", "90s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap_or_default()), d);
+        }
+    }
+
+    #[test]
+    fn quoting_hides_secrets_and_cuts_long_values() {
+        assert_eq!(quote(env::AGENT_AUTH_TOKEN, "s3cret"), "the value");
+        assert_eq!(quote(env::PORT, "x"), "\"x\"");
+        let long = quote(env::PORT, &"y".repeat(200));
+        assert!(long.len() < 80 && long.contains('…'), "{long}");
+    }
+}
