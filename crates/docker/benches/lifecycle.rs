@@ -76,8 +76,13 @@ async fn run(
     let id = cli_run(host, network, image).await?;
     cli_rm(host, &id);
 
-    let (mut ours, mut cli) = (Vec::new(), Vec::new());
+    let (mut ours, mut cli, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
+        let t = Instant::now();
+        let id = bare_run(rt, network, image).await?;
+        bare.push(t.elapsed());
+        cli_rm(host, &id);
+
         let t = Instant::now();
         let w = rt.ensure(req.clone()).await?;
         invoke(w.ip).await?;
@@ -101,31 +106,49 @@ async fn run(
         pct(&mut cli, 90)
     );
     println!(
-        "  ratio p50    {:.2}",
+        "  bare API     p50 {:>7.1} ms  p90 {:>7.1} ms (create+start+inspect, no limits)",
+        pct(&mut bare, 50),
+        pct(&mut bare, 90)
+    );
+    println!(
+        "  ratio p50 esb-docker / CLI {:.2}",
         pct(&mut ours, 50) / pct(&mut cli, 50)
     );
 
+    // Pause/resume through the runtime, interleaved with bare pause/unpause calls.
     let w = rt.ensure(req.clone()).await?;
     invoke(w.ip).await?;
-    let (mut pause, mut resume) = (Vec::new(), Vec::new());
-    for _ in 0..30 {
+    let mut timings = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..40 {
         let t = Instant::now();
         rt.pause(&w.id).await?;
-        pause.push(t.elapsed());
+        timings[0].push(t.elapsed());
         let t = Instant::now();
         rt.resume(&w.id).await?;
-        resume.push(t.elapsed());
+        timings[1].push(t.elapsed());
+        let t = Instant::now();
+        rt.client().pause_container(&w.id).await?;
+        timings[2].push(t.elapsed());
+        let t = Instant::now();
+        rt.client().unpause_container(&w.id).await?;
+        timings[3].push(t.elapsed());
     }
     rt.destroy(&w.id).await?;
+    let [pause, resume, bare_pause, bare_resume] = &mut timings;
+    println!("pause/resume (40 runs each, interleaved)");
     println!(
-        "pause  p50 {:>6.1} ms  p90 {:>6.1} ms (30 runs)",
-        pct(&mut pause, 50),
-        pct(&mut pause, 90)
+        "  esb-docker pause p50 {:>5.1} ms p90 {:>5.1} ms | resume p50 {:>5.1} ms p90 {:>5.1} ms",
+        pct(pause, 50),
+        pct(pause, 90),
+        pct(resume, 50),
+        pct(resume, 90)
     );
     println!(
-        "resume p50 {:>6.1} ms  p90 {:>6.1} ms (30 runs)",
-        pct(&mut resume, 50),
-        pct(&mut resume, 90)
+        "  bare API   pause p50 {:>5.1} ms p90 {:>5.1} ms | resume p50 {:>5.1} ms p90 {:>5.1} ms",
+        pct(bare_pause, 50),
+        pct(bare_pause, 90),
+        pct(bare_resume, 50),
+        pct(bare_resume, 90)
     );
 
     // 100 managed containers (created, not started: List cost does not depend on state).
@@ -212,6 +235,45 @@ async fn cli_run(host: &str, network: &str, image: &str) -> anyhow::Result<Strin
             &id,
         ],
     )?;
+    invoke(ip.parse()?).await?;
+    Ok(id)
+}
+
+/// The bare Engine API path: create, start, inspect for the IP, first invoke.
+async fn bare_run(rt: &DockerRuntime, network: &str, image: &str) -> anyhow::Result<String> {
+    let labels = HashMap::from([("created_by".to_string(), format!("{BRAND}-agent"))]);
+    let body = ContainerCreateBody {
+        image: Some(image.into()),
+        labels: Some(labels),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some(network.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = rt
+        .client()
+        .create_container(None::<CreateContainerOptions>, body)
+        .await?
+        .id;
+    rt.client()
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await?;
+    let c = rt
+        .client()
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?;
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(network).and_then(|e| e.ip_address.clone()))
+        .context("no ip")?;
     invoke(ip.parse()?).await?;
     Ok(id)
 }
