@@ -51,6 +51,17 @@ async fn start_worker() -> SocketAddr {
 struct Stats {
     lat: Vec<u64>,
     elapsed: Duration,
+    /// Process CPU (user+system) per request, µs: a load-independent cost figure.
+    cpu_us: f64,
+}
+
+/// User+system CPU of this process, seconds (USER_HZ = 100).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
 }
 
 impl Stats {
@@ -70,6 +81,12 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let warm = Instant::now() + Duration::from_millis(500);
+    let cpu = Arc::new(std::sync::Mutex::new(0.0f64));
+    let cpu2 = cpu.clone();
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(warm.into()).await;
+        *cpu2.lock().unwrap() = cpu_seconds();
+    });
     let end = warm + dur;
     let mut tasks = Vec::new();
     for i in 0..callers {
@@ -93,8 +110,15 @@ where
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
+    let used = cpu_seconds() - *cpu.lock().unwrap();
+    sampler.await.unwrap();
     lat.sort_unstable();
-    Stats { lat, elapsed: dur }
+    let cpu_us = used * 1e6 / lat.len().max(1) as f64;
+    Stats {
+        lat,
+        elapsed: dur,
+        cpu_us,
+    }
 }
 
 async fn direct_sender(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
@@ -215,12 +239,24 @@ async fn main() {
             }
         })
         .await;
-        for (name, s) in [("direct", &direct), ("agent", &via)] {
+        // The floor: a gRPC round trip that does no proxying (client + server cost only).
+        let c = client.clone();
+        let noop = run(callers, dur, move |_| {
+            let mut c = c.clone();
+            async move {
+                c.get_capabilities(v1::GetCapabilitiesRequest {})
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        for (name, s) in [("direct", &direct), ("agent", &via), ("grpc-nop", &noop)] {
             println!(
-                "{name:<8} {callers:>7} {:>10.1} {:>10.1} {:>10.0}",
+                "{name:<8} {callers:>7} {:>10.1} {:>10.1} {:>10.0} {:>12.1}",
                 s.pct(0.5),
                 s.pct(0.99),
-                s.rps()
+                s.rps(),
+                s.cpu_us
             );
         }
         rows.push((

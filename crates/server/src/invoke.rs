@@ -96,17 +96,18 @@ impl Invoker {
         deadline: Instant,
     ) -> Result<InvokeReply, ApiError> {
         let deadline = tokio::time::Instant::from_std(deadline);
+        let timeout = call.timeout;
         let timeout_msg = || {
             ApiError::DeadlineExceeded(format!(
                 "invocation timed out after {} ms",
-                call.timeout.as_millis()
+                timeout.as_millis()
             ))
         };
         // One invocation in flight per worker: wait for the previous one within our deadline.
         let _turn = timeout_at(deadline, slot.serial.lock())
             .await
             .map_err(|_| timeout_msg())?;
-        let mut req = Some(build_request(addr, &call));
+        let mut req = Some(build_request(addr, call));
         let (generation, idle) = slot.checkout();
         let mut reused = idle.is_some();
         let mut sender = match idle {
@@ -156,11 +157,11 @@ impl Invoker {
     }
 }
 
-fn build_request(addr: SocketAddr, call: &InvokeCall) -> http::Request<Full<Bytes>> {
-    let mut req = http::Request::new(Full::new(call.payload.clone()));
+fn build_request(addr: SocketAddr, call: InvokeCall) -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::new(Full::new(call.payload));
     *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = http::Uri::from(call.path.clone());
-    *req.headers_mut() = call.headers.clone();
+    *req.uri_mut() = http::Uri::from(call.path);
+    *req.headers_mut() = call.headers;
     if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
         req.headers_mut().insert(http::header::HOST, host);
     }

@@ -18,25 +18,25 @@ pub use self::http::serve as serve_http;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcCodeLabels {
-    grpc_service: String,
-    grpc_method: String,
-    grpc_code: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcLabels {
-    grpc_service: String,
-    grpc_method: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    state: String,
+    state: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -164,27 +164,31 @@ impl Metrics {
     }
 
     /// One finished RPC (`service`/`method` must come from a bounded set).
-    pub fn rpc_done(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+    pub fn rpc_done(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        code: &'static str,
+        elapsed: Duration,
+    ) {
         self.grpc_handled
             .get_or_create(&GrpcCodeLabels {
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
-                grpc_code: code.to_owned(),
+                grpc_service: service,
+                grpc_method: method,
+                grpc_code: code,
             })
             .inc();
         self.grpc_seconds
             .get_or_create(&GrpcLabels {
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
+                grpc_service: service,
+                grpc_method: method,
             })
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn invoke_done(&self, outcome: &str, elapsed: Duration) {
+    pub fn invoke_done(&self, outcome: &'static str, elapsed: Duration) {
         self.invoke_total
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.invoke_seconds.observe(elapsed.as_secs_f64());
     }
@@ -203,18 +207,14 @@ impl Metrics {
     }
 
     /// Sets the workers gauge from `(state, count)` pairs; states absent are zero.
-    pub fn set_workers(&self, counts: &[(&str, i64)]) {
+    pub fn set_workers(&self, counts: &[(&'static str, i64)]) {
         for state in ["RUNNING", "PAUSED", "STOPPED", "UNKNOWN"] {
             let n = counts
                 .iter()
                 .filter(|(s, _)| *s == state)
                 .map(|(_, n)| *n)
                 .sum();
-            self.workers
-                .get_or_create(&StateLabels {
-                    state: state.to_owned(),
-                })
-                .set(n);
+            self.workers.get_or_create(&StateLabels { state }).set(n);
         }
     }
 

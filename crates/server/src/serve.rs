@@ -11,8 +11,9 @@ use esb_proto::v1::agent_service_server::AgentServiceServer;
 use esb_runtime::Runtime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::error::ServerError;
@@ -120,7 +121,12 @@ impl BoundServer {
     ) -> Result<(), ServerError> {
         let s = &self.settings;
         let (reporter, health_svc) = tonic_health::server::health_reporter();
-        health::set_all(&reporter, ServingStatus::Serving).await;
+        // The first status comes from a real probe, never an optimistic SERVING.
+        let first = match tokio::time::timeout(Duration::from_secs(2), self.runtime.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        health::set_all(&reporter, first).await;
         let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(health::probe_loop(
                 reporter.clone(),
@@ -163,9 +169,10 @@ impl BoundServer {
         let serve: std::pin::Pin<
             Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
         > = match self.tls {
-            None => Box::pin(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stop),
-            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                stop,
+            )),
             Some(acceptor) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
                 accept_task = Some(tokio::spawn(acceptor.accept_loop(self.grpc, tx)));
@@ -278,7 +285,7 @@ async fn destroy_all(core: &Core) {
         Ok(states) => states.into_iter().map(|s| s.id).collect(),
         Err(e) => {
             tracing::warn!(error = %e.chain(), "cannot list workers; destroying the known ones");
-            core.table.entries().into_iter().map(|e| e.id).collect()
+            core.table.entries().iter().map(|e| e.id.clone()).collect()
         }
     };
     for id in ids {

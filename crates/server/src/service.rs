@@ -48,7 +48,7 @@ impl Core {
     }
 
     /// The entry of `t.container_id` if `t.owner_id` owns it; `Ok(None)` when unknown.
-    async fn find_owned(&self, t: &Target) -> Result<Option<Entry>, ApiError> {
+    async fn find_owned(&self, t: &Target) -> Result<Option<Arc<Entry>>, ApiError> {
         let Some(entry) = self.table.lookup(&t.container_id).await? else {
             return Ok(None);
         };
@@ -61,7 +61,7 @@ impl Core {
         Ok(Some(entry))
     }
 
-    async fn owned(&self, t: &Target) -> Result<Entry, ApiError> {
+    async fn owned(&self, t: &Target) -> Result<Arc<Entry>, ApiError> {
         self.find_owned(t)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("container {} not found", t.container_id)))

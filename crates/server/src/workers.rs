@@ -42,7 +42,7 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Arc<Entry>>,
     last_used: HashMap<String, i64>,
 }
 
@@ -102,7 +102,7 @@ impl WorkerTable {
         let mut inner = self.lock();
         inner.entries.insert(
             w.id.clone(),
-            Entry {
+            Arc::new(Entry {
                 id: w.id.clone(),
                 name: w.name.clone(),
                 function_name: w.function_name.clone(),
@@ -113,14 +113,14 @@ impl WorkerTable {
                 created_at: w.created_at,
                 slot: Arc::new(Slot::default()),
                 seen: Instant::now(),
-            },
+            }),
         );
         inner.last_used.insert(w.id.clone(), unix_now());
         self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// The entry for `id`; on a miss, one targeted `inspect` (never a full list).
-    pub async fn lookup(&self, id: &str) -> Result<Option<Entry>, RuntimeError> {
+    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<Entry>>, RuntimeError> {
         if let Some(e) = self.lock().entries.get(id) {
             return Ok(Some(e.clone()));
         }
@@ -157,6 +157,7 @@ impl WorkerTable {
 
     pub fn set_status(&self, id: &str, status: WorkerStatus) {
         if let Some(e) = self.lock().entries.get_mut(id) {
+            let e = Arc::make_mut(e);
             e.status = status;
             if status != WorkerStatus::Running {
                 e.slot.invalidate();
@@ -176,7 +177,14 @@ impl WorkerTable {
 
     /// Records a use (Ensure, Resume, Invoke).
     pub fn touch(&self, id: &str) {
-        self.lock().last_used.insert(id.to_owned(), unix_now());
+        let now = unix_now();
+        let mut inner = self.lock();
+        match inner.last_used.get_mut(id) {
+            Some(t) => *t = now,
+            None => {
+                inner.last_used.insert(id.to_owned(), now);
+            }
+        }
         self.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -186,7 +194,7 @@ impl WorkerTable {
     }
 
     /// Every known entry (for shutdown destroy and the workers gauge).
-    pub fn entries(&self) -> Vec<Entry> {
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
         self.lock().entries.values().cloned().collect()
     }
 
@@ -213,6 +221,7 @@ impl WorkerTable {
 fn upsert(inner: &mut Inner, s: WorkerState) {
     match inner.entries.get_mut(&s.id) {
         Some(e) => {
+            let e = Arc::make_mut(e);
             // Never blank a known IP; a changed IP or a non-running worker drops its
             // pooled connection.
             if let Some(ip) = s.ip {
@@ -236,7 +245,7 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
         None => {
             inner.entries.insert(
                 s.id.clone(),
-                Entry {
+                Arc::new(Entry {
                     id: s.id,
                     name: s.name,
                     function_name: s.function_name,
@@ -247,7 +256,7 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
                     created_at: s.created_at,
                     slot: Arc::new(Slot::default()),
                     seen: Instant::now(),
-                },
+                }),
             );
         }
     }

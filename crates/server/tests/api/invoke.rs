@@ -307,3 +307,41 @@ async fn invoke_touches_last_used_even_on_failure() {
         .containers;
     assert!(list[0].last_used_at > 1_000);
 }
+
+#[tokio::test]
+async fn pause_drops_the_pooled_connection() {
+    let worker = Worker::start().await;
+    let (agent, id) = setup(&worker, |_| {}).await;
+    let mut c = agent.client().await;
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.seen.connections.load(Ordering::SeqCst),
+        1,
+        "keep-alive reuse"
+    );
+    c.pause_container(v1::PauseContainerRequest {
+        container_id: id.clone(),
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    c.resume_container(v1::ResumeContainerRequest {
+        container_id: id.clone(),
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.seen.connections.load(Ordering::SeqCst),
+        2,
+        "a fresh connection after pause"
+    );
+}

@@ -541,3 +541,37 @@ async fn shutdown_policy_destroy_removes_workers() {
     agent.stop().await.unwrap();
     assert!(rt.workers().is_empty());
 }
+
+#[tokio::test]
+async fn periodic_gc_reclaims_and_forgets_workers() {
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = Agent::start_with(rt.clone(), |s| {
+        s.gc_interval = std::time::Duration::from_secs(1)
+    })
+    .await;
+    let w = ensure(&agent, OWNER).await;
+    rt.set_status(&w.id, WorkerStatus::Stopped);
+    super::harness::eventually(|| rt.worker(&w.id).is_none()).await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = agent.scrape("/metrics").await.1;
+        if text.contains("esb_agent_gc_reclaimed_workers_total 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("esb_agent_gc_reclaimed_workers_total 1"),
+        "{text}"
+    );
+    // Forgotten by the table: the next lookup asks the runtime again and finds nothing.
+    let mut c = agent.client().await;
+    let s = c
+        .pause_container(v1::PauseContainerRequest {
+            container_id: w.id,
+            owner_id: OWNER.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+}
