@@ -60,9 +60,13 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
         Err(s) => return Err(status_err("get container", s)),
     }
     stop_and_delete_task(inner, id).await;
-    inner.cni.detach(id).await?;
-    delete_container(inner, id).await;
-    remove_snapshot(inner, id).await;
+    // Network and container/snapshot teardown are independent once the task is gone.
+    let records = async {
+        delete_container(inner, id).await;
+        remove_snapshot(inner, id).await;
+    };
+    let (detached, ()) = tokio::join!(inner.cni.detach(id), records);
+    detached?;
     let _ = std::fs::remove_file(ensure::log_path(inner, id));
     Ok(true)
 }

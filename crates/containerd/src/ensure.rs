@@ -101,29 +101,47 @@ async fn steps(
 ) -> Result<Worker, RuntimeError> {
     let c = &inner.client;
     let identity = &inner.common.identity;
-    let image = inner.images.ensure(&req.image, lease).await?;
-
-    let labels: HashMap<String, String> = identity.managed_selector().into_iter().collect();
-    let mounts = c
-        .snapshots()
-        .prepare(c.leased(
-            PrepareSnapshotRequest {
-                snapshotter: inner.cd.snapshotter.clone(),
-                key: id.to_string(),
-                parent: image.chain_id.clone(),
-                labels,
-            },
-            lease,
-        ))
-        .await
-        .map_err(|s| status_err("prepare snapshot", s))?
-        .into_inner()
-        .mounts;
-    done.snapshot = true;
+    let mut clock = Phases::start();
+    // The network does not depend on the image: attach while the image and snapshot are
+    // resolved (a failure on either side is undone with the rest).
+    let image_and_snapshot = async {
+        let t = std::time::Instant::now();
+        let image = inner.images.ensure(&req.image, lease).await?;
+        let image_us = t.elapsed().as_micros() as u64;
+        let labels: HashMap<String, String> = identity.managed_selector().into_iter().collect();
+        let mounts = c
+            .snapshots()
+            .prepare(c.leased(
+                PrepareSnapshotRequest {
+                    snapshotter: inner.cd.snapshotter.clone(),
+                    key: id.to_string(),
+                    parent: image.chain_id.clone(),
+                    labels,
+                },
+                lease,
+            ))
+            .await
+            .map_err(|s| status_err("prepare snapshot", s))?
+            .into_inner()
+            .mounts;
+        let snapshot_us = t.elapsed().as_micros() as u64 - image_us;
+        Ok::<_, RuntimeError>((image, mounts, image_us, snapshot_us))
+    };
+    let network = async {
+        let t = std::time::Instant::now();
+        let r = inner.cni.attach(id).await;
+        (r, t.elapsed().as_micros() as u64)
+    };
+    let (prepared, (attached, network_us)) = tokio::join!(image_and_snapshot, network);
+    done.snapshot = prepared.is_ok();
+    done.network = attached.is_ok();
+    let (image, mounts, image_us, snapshot_us) = prepared?;
+    let attachment = attached?;
+    clock.us[0] = image_us;
+    clock.us[1] = snapshot_us;
+    clock.us[2] = network_us;
+    clock.lap_shared();
     let user = resolve_user(&image.config.user, &mounts)?;
-
-    let attachment = inner.cni.attach(id).await?;
-    done.network = true;
     let ip = attachment
         .ip
         .ok_or_else(|| RuntimeError::internal("cni returned no address for the worker"))?;
@@ -178,6 +196,7 @@ async fn steps(
         .map_err(|s| status_err("create container", s))?
         .into_inner();
     done.container = true;
+    clock.lap(3);
     let created_at = created
         .container
         .as_ref()
@@ -197,6 +216,7 @@ async fn steps(
         .await
         .map_err(|s| status_err("create task", s))?;
     done.task = true;
+    clock.lap(4);
     c.tasks()
         .start(c.req(StartRequest {
             container_id: id.to_string(),
@@ -204,6 +224,19 @@ async fn steps(
         }))
         .await
         .map_err(|s| status_err("start task", s))?;
+    clock.lap(5);
+    let [
+        image_us,
+        snapshot_us,
+        network_us,
+        container_us,
+        task_us,
+        start_us,
+    ] = clock.us;
+    tracing::debug!(
+        worker = %id, image_us, snapshot_us, network_us, container_us, task_us, start_us,
+        "worker created"
+    );
 
     Ok(Worker {
         id: id.to_string(),
@@ -214,6 +247,32 @@ async fn steps(
         owner_id: req.owner_id.clone(),
         created_at,
     })
+}
+
+/// Per-phase durations of one ensure (debug log; the cold-start benchmark reads them).
+struct Phases {
+    last: std::time::Instant,
+    us: [u64; 6],
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            us: [0; 6],
+        }
+    }
+
+    /// Restarts the clock after phases that ran concurrently (their times set directly).
+    fn lap_shared(&mut self) {
+        self.last = std::time::Instant::now();
+    }
+
+    fn lap(&mut self, i: usize) {
+        let now = std::time::Instant::now();
+        self.us[i] = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+    }
 }
 
 /// The per-worker log file (stdout and stderr, appended by the shim).

@@ -71,7 +71,10 @@ mod tests {
         assert_eq!(c.memory_max, 268_435_456);
         assert_eq!(c.cpu_usage_ns, 32_357_027);
         assert_eq!(c.oom_events, 0);
-        assert!(c.memory_current > 0 && c.memory_current <= 17_416_192, "{c:?}");
+        assert!(
+            c.memory_current > 0 && c.memory_current <= 17_416_192,
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -97,7 +100,10 @@ mod tests {
             value: m.encode_to_vec(),
         };
         let c = decode(&any).expect("v1");
-        assert_eq!((c.memory_current, c.memory_max, c.oom_events), (4_000, 10_000, 3));
+        assert_eq!(
+            (c.memory_current, c.memory_max, c.oom_events),
+            (4_000, 10_000, 3)
+        );
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! The backend-agnostic scenarios of esb-testkit run against containerd (parity with Docker).
+
+mod support;
+
+use std::sync::Arc;
+
+use esb_runtime::Runtime;
+use esb_testkit::scenarios;
+use support::World;
+
+async fn runtime(world: &World) -> Arc<dyn Runtime> {
+    Arc::new(world.runtime().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_scenarios() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 13);
+    let image = world.image();
+    let rt = runtime(&world).await;
+    scenarios::lifecycle(rt.clone(), &image)
+        .await
+        .expect("lifecycle");
+    scenarios::stopped_worker(rt.clone(), &image)
+        .await
+        .expect("stopped worker");
+    let missing = format!(
+        "{}/esb/absent:1",
+        world.env.registry.clone().expect("registry")
+    );
+    scenarios::missing_image(rt.clone(), &missing)
+        .await
+        .expect("missing image");
+    scenarios::concurrent_ensures(rt.clone(), &image, 8)
+        .await
+        .expect("concurrent");
+    scenarios::adoption(rt, &image, || async { Ok(runtime(&world).await) })
+        .await
+        .expect("adoption");
+    world.assert_no_leftovers();
+}
