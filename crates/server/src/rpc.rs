@@ -160,15 +160,29 @@ impl Drop for Finish {
         let code = code_name(self.code);
         self.metrics
             .rpc_done(self.service, self.method, code, elapsed);
-        tracing::info!(
-            service = self.service,
-            method = self.method,
-            code,
-            duration_us = elapsed.as_micros() as u64,
-            owner = self.ctx.owner.get().map(String::as_str).unwrap_or(""),
-            container_id = self.ctx.container.get().map(String::as_str).unwrap_or(""),
-            "rpc"
-        );
+        let owner = self.ctx.owner.get().map_or("", String::as_str);
+        let container_id = self.ctx.container.get().map_or("", String::as_str);
+        let duration_us = elapsed.as_micros() as u64;
+        // Health probes are frequent and uninteresting: debug only.
+        if self.service == HEALTH_SERVICE {
+            tracing::debug!(
+                service = self.service,
+                method = self.method,
+                code,
+                duration_us,
+                "rpc"
+            );
+        } else {
+            tracing::info!(
+                service = self.service,
+                method = self.method,
+                code,
+                duration_us,
+                owner,
+                container_id,
+                "rpc"
+            );
+        }
     }
 }
 
