@@ -66,10 +66,15 @@ fn lock_in_flight(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            // The key is safe to show; the value never is.
+        // Names are safe to show; values never are.
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(RuntimeError::invalid_argument(format!(
                 "invalid env variable name {k:?}"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(RuntimeError::invalid_argument(format!(
+                "env variable {k} has a NUL byte in its value"
             )));
         }
     }
