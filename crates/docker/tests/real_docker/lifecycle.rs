@@ -82,3 +82,50 @@ async fn stopped_worker_reports_exit_and_is_collected() -> anyhow::Result<()> {
     assert!(!rt.destroy(&w.id).await?);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_worker_has_metrics() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 4).await?;
+    let rt = ctx.runtime().await?;
+    let w = rt.ensure(ctx.request("paused-metrics")).await?;
+    invoke(w.ip, r#"{"alloc_mib":16}"#).await?;
+    rt.pause(&w.id).await?;
+    let m = rt.metrics(&w.id).await?;
+    assert_eq!(m.status, Some(WorkerStatus::Paused));
+    assert_eq!(m.memory_max, 536_870_912);
+    assert!(m.memory_current >= 16 * 1024 * 1024, "{m:?}");
+    assert!(m.cpu_usage_ns > 0);
+    assert!(rt.destroy(&w.id).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_killed_worker_reports_the_oom() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 5).await?;
+    let rt = ctx.runtime().await?;
+    let mut req = ctx.request("oom");
+    req.env
+        .insert("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "128".into());
+    let w = rt.ensure(req).await?;
+    invoke(w.ip, "{}").await?;
+    // Swap = memory, so touching more than the limit kills the process.
+    let _ = crate::support::invoke_once(w.ip, r#"{"alloc_mib":256}"#).await;
+    let m = esb_testkit::eventually("worker oom-killed", Duration::from_secs(15), || async {
+        rt.metrics(&w.id)
+            .await
+            .ok()
+            .filter(|m| m.status == Some(WorkerStatus::Stopped))
+    })
+    .await;
+    assert_eq!(m.oom_events, 1, "{m:?}");
+    assert_eq!(m.exit_code, 137);
+    assert_eq!(m.memory_max, 128 * 1024 * 1024);
+    assert!(rt.destroy(&w.id).await?);
+    Ok(())
+}

@@ -15,7 +15,7 @@ use esb_runtime::settings::{
 };
 use esb_testkit::DevEnv;
 
-pub use esb_testkit::scenarios::invoke;
+pub use esb_testkit::scenarios::{invoke, invoke_once};
 
 /// One test's world: its brand (`esbt-dk-<n>`), settings and the dev env.
 pub struct Ctx {
