@@ -160,3 +160,80 @@ async fn metrics_endpoint_counts_rpcs_by_method_and_code() {
     assert_eq!(code, 404);
     eventually(|| true).await;
 }
+
+/// A `MakeWriter` collecting log output in memory.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn one_log_line_per_rpc_without_secrets() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    // The current-thread test runtime runs the server's tasks on this thread too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let worker = super::worker::Worker::start().await;
+    let rt = Arc::new(FakeRuntime::new());
+    rt.set_worker_port(worker.addr.port());
+    let agent = Agent::start_with(rt, |s| s.auth_token = Some("tok-SECRET-3".into())).await;
+    let mut c = agent.client().await;
+    let mut req = tonic::Request::new(super::service::ensure_req("fn-a", OWNER, "img"));
+    req.metadata_mut()
+        .insert("authorization", "Bearer tok-SECRET-3".parse().unwrap());
+    let w = c.ensure_container(req).await.unwrap().into_inner();
+    let mut req = tonic::Request::new(v1::InvokeWorkerRequest {
+        container_id: w.id.clone(),
+        owner_id: OWNER.into(),
+        payload: br#"{"PAYLOAD-SECRET": 1}"#.to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer tok-SECRET-3".parse().unwrap());
+    c.invoke_worker(req).await.unwrap();
+    let _ = c.get_capabilities(v1::GetCapabilitiesRequest {}).await; // no token: UNAUTHENTICATED
+    drop(agent);
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let rpc_lines: Vec<&str> = text.lines().filter(|l| l.contains(" rpc ")).collect();
+    assert_eq!(rpc_lines.len(), 3, "{text}");
+    assert!(
+        rpc_lines[0].contains("method=\"EnsureContainer\"") && rpc_lines[0].contains("code=\"OK\""),
+        "{text}"
+    );
+    assert!(
+        rpc_lines[0].contains(&format!("container_id=\"{}\"", w.id)),
+        "{text}"
+    );
+    assert!(
+        rpc_lines[1].contains("method=\"InvokeWorker\"")
+            && rpc_lines[1].contains("owner=\"owner-a\""),
+        "{text}"
+    );
+    assert!(rpc_lines[2].contains("code=\"Unauthenticated\""), "{text}");
+    assert!(
+        rpc_lines.iter().all(|l| l.contains("duration_us=")),
+        "{text}"
+    );
+    for secret in ["secret", "SECRET"] {
+        assert!(!text.contains(secret), "a secret reached the logs:\n{text}");
+    }
+}
