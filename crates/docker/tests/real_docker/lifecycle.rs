@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use esb_runtime::{ErrorKind, Runtime, RuntimeKind, WorkerStatus};
 
 use crate::support::{Ctx, invoke};
@@ -126,6 +128,64 @@ async fn oom_killed_worker_reports_the_oom() -> anyhow::Result<()> {
     assert_eq!(m.oom_events, 1, "{m:?}");
     assert_eq!(m.exit_code, 137);
     assert_eq!(m.memory_max, 128 * 1024 * 1024);
+    assert!(rt.destroy(&w.id).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_carries_labels_limits_and_hardening() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 6).await?;
+    let rt = ctx.runtime().await?;
+    let mut req = ctx.request("Spec Check");
+    req.env.insert("SECRET_TOKEN".into(), "s3cr3t".into());
+    let w = rt.ensure(req).await?;
+    let c = ctx
+        .raw
+        .inspect_container(
+            &w.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?;
+    assert_eq!(c.id.as_deref(), Some(w.id.as_str()));
+    assert_eq!(w.id.len(), 64);
+    let labels = c
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let want = ctx.common.identity.worker_labels("Spec Check", "owner-1");
+    for (k, v) in &want {
+        assert_eq!(labels.get(k), Some(v), "label {k}");
+    }
+    let envs = c
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
+    assert!(envs.contains(&"SECRET_TOKEN=s3cr3t".to_string()));
+    let h = c.host_config.context("host config")?;
+    let mem = 512 * 1024 * 1024;
+    assert_eq!((h.memory, h.memory_swap), (Some(mem), Some(mem)));
+    let millis = ctx.common.worker.cpu_for(512 * 1024 * 1024) as i64;
+    assert_eq!(h.nano_cpus, Some(millis * 1_000_000));
+    assert_eq!(h.pids_limit, Some(1024));
+    assert!(
+        h.security_opt
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.starts_with("no-new-privileges"))
+    );
+    let restart = h.restart_policy.and_then(|r| r.name).map(|n| n.to_string());
+    assert!(matches!(restart.as_deref(), Some("no" | "")), "{restart:?}");
+    let log = h.log_config.context("log config")?;
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    let opts = log.config.unwrap_or_default();
+    assert_eq!(opts.get("max-file").map(String::as_str), Some("2"));
+    assert_eq!(opts.get("max-size").map(String::as_str), Some("524288"));
+    assert_eq!(h.network_mode.as_deref(), Some(ctx.docker.network.as_str()));
     assert!(rt.destroy(&w.id).await?);
     Ok(())
 }
