@@ -345,3 +345,47 @@ async fn pause_drops_the_pooled_connection() {
         "a fresh connection after pause"
     );
 }
+
+#[tokio::test]
+async fn a_changed_ip_gets_a_new_connection_to_the_new_address() {
+    let first = Worker::start().await;
+    let port = first.addr.port();
+    let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await else {
+        return; // 127.0.0.2 unavailable on this host
+    };
+    drop(second);
+    let second = Worker::start_on(std::net::SocketAddr::from(([127, 0, 0, 2], port))).await;
+    let (agent, id) = setup(&first, |_| {}).await;
+    let mut c = agent.client().await;
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(first.deliveries(), 1);
+    // The runtime re-addresses the worker; a listing teaches the table.
+    agent.rt.set_ip(&id, Some("127.0.0.2".parse().unwrap()));
+    c.list_containers(v1::ListContainersRequest {
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.deliveries(),
+        1,
+        "the old pooled connection was dropped"
+    );
+    assert_eq!(second.deliveries(), 1);
+    // And a listing without an address never blanks the known one.
+    agent.rt.set_ip(&id, None);
+    c.list_containers(v1::ListContainersRequest {
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    c.invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(second.deliveries(), 2);
+}

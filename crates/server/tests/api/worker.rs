@@ -58,6 +58,12 @@ impl Worker {
         Self::serve(listener)
     }
 
+    /// Listens on a given address (e.g. a second loopback IP with the same port).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener)
+    }
+
     /// Reserves a port now and starts listening on it only after `delay` (cold start).
     pub async fn start_after(delay: Duration) -> Self {
         let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
