@@ -72,8 +72,12 @@ impl Drop for Creating<'_> {
 }
 
 async fn create(inner: &Arc<Inner>, id: &str, req: &EnsureRequest) -> Result<Worker, RuntimeError> {
-    if let Ok(mut set) = inner.creating.lock() {
-        set.insert(id.to_string());
+    {
+        // Registration waits while a GC pass releases unowned resources.
+        let _gate = inner.gate.read().await;
+        if let Ok(mut set) = inner.creating.lock() {
+            set.insert(id.to_string());
+        }
     }
     let _creating = Creating(inner, id.to_string());
     let lease = lease::create(&inner.client, LEASE_TTL).await?;

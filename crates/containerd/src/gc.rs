@@ -11,7 +11,7 @@ use esb_runtime::{GcReport, RuntimeError, WorkerState, WorkerStatus};
 use tokio_stream::StreamExt;
 
 use crate::client::status_err;
-use crate::list::{managed_containers, managed_filter, status_of, to_state};
+use crate::list::{get_task, managed_containers, managed_filter, status_of, to_state};
 use crate::{Inner, destroy};
 
 pub(crate) async fn gc(inner: &Arc<Inner>) -> Result<GcReport, RuntimeError> {
@@ -57,6 +57,10 @@ async fn sweep(inner: &Arc<Inner>) -> Result<(GcReport, Vec<WorkerState>), Runti
                     ips.get(&c.id).copied(),
                 ));
             }
+            _ if still_alive(inner, &c.id).await => {
+                // Created (or finished creating) after the listing: not broken.
+                keep.insert(c.id.clone());
+            }
             _ => match destroy::destroy_detached(inner, &c.id).await {
                 Ok(_) => report.removed_workers.push(c.id.clone()),
                 Err(e) => {
@@ -68,6 +72,12 @@ async fn sweep(inner: &Arc<Inner>) -> Result<(GcReport, Vec<WorkerState>), Runti
             },
         }
     }
+    // Ensures cannot register while the gate is held, so every id that may own a network
+    // attachment, snapshot or log right now is either listed as live or in `creating`.
+    let _gate = inner.gate.write().await;
+    if let Ok(set) = inner.creating.lock() {
+        keep.extend(set.iter().cloned());
+    }
     match inner.cni.reconcile(&keep).await {
         Ok(n) => report.released_resources += n,
         Err(e) => report.errors.push(format!("cni reconcile: {e}")),
@@ -78,6 +88,22 @@ async fn sweep(inner: &Arc<Inner>) -> Result<(GcReport, Vec<WorkerState>), Runti
     }
     report.released_resources += sweep_logs(inner, &keep);
     Ok((report, live))
+}
+
+/// Re-checks a worker that looked broken in the listing: an ensure may have been between
+/// container and task creation when the listing was taken.
+async fn still_alive(inner: &Inner, id: &str) -> bool {
+    if inner.creating.lock().is_ok_and(|s| s.contains(id)) {
+        return true;
+    }
+    match get_task(inner, id).await {
+        Ok(task) => matches!(
+            status_of(task.as_ref()),
+            WorkerStatus::Running | WorkerStatus::Paused
+        ),
+        // Unsure: leave it for the next pass.
+        Err(_) => true,
+    }
 }
 
 /// Worker snapshots (labelled with the managed selector at prepare) without a live owner.

@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub logs_dir: PathBuf,
     /// Ids whose ensure is in flight: GC must not mistake them for half-created leftovers.
     pub creating: Mutex<HashSet<String>>,
+    /// Held for writing while GC releases unowned resources; ensures register under a read.
+    pub gate: tokio::sync::RwLock<()>,
     pub caps: RuntimeCapabilities,
     /// runc v2 shim group shared by this agent's workers (`None` = one shim each).
     pub shim_group: Option<String>,
@@ -95,6 +97,7 @@ impl ContainerdRuntime {
                 hosts,
                 logs_dir,
                 creating: Mutex::new(HashSet::new()),
+                gate: tokio::sync::RwLock::new(()),
                 caps,
                 shim_group,
             }),

@@ -171,3 +171,61 @@ async fn twenty_concurrent_ensures() {
     }
     world.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_races_ensures_and_bounds_logs() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let mut world = World::new(env, 15);
+    world.common.worker_log_max_bytes = 4096;
+    let rt = std::sync::Arc::new(world.runtime().await);
+    let w0 = rt.ensure(world.request(&[])).await.expect("warm ensure");
+
+    // GC in a tight loop while ensures run: none of them may be torn down.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc_loop = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move {
+            let mut removed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                removed.extend(rt.gc().await.expect("gc").removed_workers);
+            }
+            removed
+        }
+    });
+    let ensures = (0..8).map(|_| rt.ensure(world.request(&[])));
+    let workers: Vec<_> = futures::future::join_all(ensures)
+        .await
+        .into_iter()
+        .map(|r| r.expect("ensure during gc"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let removed = gc_loop.await.expect("gc loop");
+    assert!(removed.is_empty(), "gc removed live workers: {removed:?}");
+    for w in &workers {
+        invoke(w.ip, "{}").await;
+    }
+    assert_eq!(world.ipam_files().len(), 9);
+
+    // Log bound and orphan logs.
+    let logs = world.common.state_dir.join("logs");
+    let log = logs.join(format!("{}.log", w0.id));
+    let line = "x".repeat(8000);
+    invoke(w0.ip, &format!(r#"{{"stdout":"{line}"}}"#)).await;
+    esb_testkit::eventually("log written", Duration::from_secs(5), || async {
+        (std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 4096).then_some(())
+    })
+    .await;
+    std::fs::write(logs.join("esbt-cd-15-test-ghost-00000000.log"), "old").expect("ghost log");
+    let report = rt.gc().await.expect("gc");
+    assert!(report.released_resources >= 1, "{report:?}");
+    assert!(std::fs::metadata(&log).expect("log kept").len() <= 4096);
+    assert!(!logs.join("esbt-cd-15-test-ghost-00000000.log").exists());
+    invoke(w0.ip, "{}").await;
+
+    for w in workers.iter().map(|w| &w.id).chain([&w0.id]) {
+        assert!(rt.destroy(w).await.expect("destroy"));
+    }
+    world.assert_no_leftovers();
+}
