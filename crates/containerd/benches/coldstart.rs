@@ -7,6 +7,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -18,39 +19,48 @@ use support::World;
 
 const RUNS: usize = 20;
 
-/// Phase durations (µs) reported by ensure's "worker created" debug event.
-static PHASES: Mutex<Vec<[u64; 6]>> = Mutex::new(Vec::new());
-const PHASE_NAMES: [&str; 6] = [
-    "image",
-    "snapshot",
-    "netns+cni",
-    "container",
-    "task create",
-    "start",
+/// u64 fields of every debug event (ensure's "worker created", destroy's "worker destroyed").
+static EVENTS: Mutex<Vec<HashMap<&'static str, u64>>> = Mutex::new(Vec::new());
+const ENSURE_PHASES: [(&str, &str); 6] = [
+    ("image_us", "image"),
+    ("snapshot_us", "snapshot (overlaps netns+cni)"),
+    ("network_us", "netns+cni"),
+    ("container_us", "container"),
+    ("task_us", "task create"),
+    ("start_us", "start"),
+];
+const DESTROY_PHASES: [(&str, &str); 3] = [
+    ("stop_us", "stop (SIGTERM → exit)"),
+    ("task_delete_us", "task delete (overlaps cni del)"),
+    ("network_us", "cni del + netns"),
 ];
 
 struct PhaseCollector;
 
-struct Visit([u64; 6], bool);
+struct Visit(HashMap<&'static str, u64>);
 
 impl tracing::field::Visit for Visit {
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if let Some(i) = [
-            "image_us",
-            "snapshot_us",
-            "network_us",
-            "container_us",
-            "task_us",
-            "start_us",
-        ]
-        .iter()
-        .position(|n| *n == field.name())
-        {
-            self.0[i] = value;
-            self.1 = true;
-        }
+        self.0.insert(field.name(), value);
     }
     fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+fn phase_rows(marker: &str, phases: &[(&str, &str)]) {
+    let events = EVENTS.lock().map(|e| e.clone()).unwrap_or_default();
+    let events: Vec<_> = events.iter().filter(|e| e.contains_key(marker)).collect();
+    for (key, name) in phases {
+        let mut v: Vec<f64> = events
+            .iter()
+            .filter_map(|e| e.get(key))
+            .map(|us| *us as f64 / 1000.0)
+            .collect();
+        println!(
+            "| · {name} | {:.1} | {:.1} |",
+            pct(&mut v, 0.5),
+            pct(&mut v, 0.9)
+        );
+    }
 }
 
 impl tracing::Subscriber for PhaseCollector {
@@ -63,12 +73,12 @@ impl tracing::Subscriber for PhaseCollector {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        let mut v = Visit([0; 6], false);
+        let mut v = Visit(HashMap::new());
         event.record(&mut v);
-        if v.1
-            && let Ok(mut p) = PHASES.lock()
+        if !v.0.is_empty()
+            && let Ok(mut e) = EVENTS.lock()
         {
-            p.push(v.0);
+            e.push(v.0);
         }
     }
     fn enter(&self, _: &tracing::span::Id) {}
@@ -121,8 +131,8 @@ async fn main() {
     let warm = rt.ensure(world.request(&[])).await.expect("warm-up ensure");
     first_answer(warm.ip).await;
     rt.destroy(&warm.id).await.expect("destroy");
-    if let Ok(mut p) = PHASES.lock() {
-        p.clear();
+    if let Ok(mut e) = EVENTS.lock() {
+        e.clear();
     }
     println!("rss idle (bench process incl. runtime): {} KiB", rss_kib());
 
@@ -150,20 +160,13 @@ async fn main() {
         pct(&mut ensure_ms, 0.5),
         pct(&mut ensure_ms, 0.9)
     );
-    let phases = PHASES.lock().map(|p| p.clone()).unwrap_or_default();
-    for (i, name) in PHASE_NAMES.iter().enumerate() {
-        let mut v: Vec<f64> = phases.iter().map(|p| p[i] as f64 / 1000.0).collect();
-        println!(
-            "| · {name} | {:.1} | {:.1} |",
-            pct(&mut v, 0.5),
-            pct(&mut v, 0.9)
-        );
-    }
+    phase_rows("image_us", &ENSURE_PHASES);
     println!(
         "| Destroy | {:.1} | {:.1} |",
         pct(&mut destroy_ms, 0.5),
         pct(&mut destroy_ms, 0.9)
     );
+    phase_rows("stop_us", &DESTROY_PHASES);
 
     let mut ctr_ms = Vec::new();
     for i in 0..RUNS {

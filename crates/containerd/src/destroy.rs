@@ -59,13 +59,30 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
         }
         Err(s) => return Err(status_err("get container", s)),
     }
-    stop_and_delete_task(inner, id).await;
-    // Network and container/snapshot teardown are independent once the task is gone.
+    let t = std::time::Instant::now();
+    if let Err(e) = stop_task(inner, id).await {
+        tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
+    }
+    let stop_us = t.elapsed().as_micros() as u64;
+    // Once the process is gone, the network and the containerd records come down in parallel.
     let records = async {
+        if let Err(e) = delete_task(inner, id).await {
+            tracing::warn!(worker = %id, error = %e.chain(), "deleting task failed");
+        }
+        let task_delete_us = t.elapsed().as_micros() as u64 - stop_us;
         delete_container(inner, id).await;
         remove_snapshot(inner, id).await;
+        task_delete_us
     };
-    let (detached, ()) = tokio::join!(inner.cni.detach(id), records);
+    let network = async {
+        let r = inner.cni.detach(id).await;
+        (r, t.elapsed().as_micros() as u64 - stop_us)
+    };
+    let ((detached, network_us), task_delete_us) = tokio::join!(network, records);
+    tracing::debug!(
+        worker = %id, stop_us, task_delete_us, network_us,
+        total_us = t.elapsed().as_micros() as u64, "worker destroyed"
+    );
     detached?;
     let _ = std::fs::remove_file(ensure::log_path(inner, id));
     Ok(true)
@@ -73,12 +90,17 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
 
 /// Stops the task (bounded) and deletes it. Best effort: problems are logged.
 pub(crate) async fn stop_and_delete_task(inner: &Inner, id: &str) {
-    if let Err(e) = try_stop_and_delete_task(inner, id).await {
+    let r = match stop_task(inner, id).await {
+        Ok(()) => delete_task(inner, id).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
         tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
     }
 }
 
-async fn try_stop_and_delete_task(inner: &Inner, id: &str) -> Result<(), RuntimeError> {
+/// Thaws and stops the task (bounded waits); no task = nothing to do.
+async fn stop_task(inner: &Inner, id: &str) -> Result<(), RuntimeError> {
     let c = &inner.client;
     let process = match c
         .tasks()
@@ -123,6 +145,11 @@ async fn try_stop_and_delete_task(inner: &Inner, id: &str) -> Result<(), Runtime
         }
         wait.abort();
     }
+    Ok(())
+}
+
+async fn delete_task(inner: &Inner, id: &str) -> Result<(), RuntimeError> {
+    let c = &inner.client;
     match c
         .tasks()
         .delete(c.req_t(DeleteTaskRequest {
