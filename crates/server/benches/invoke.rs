@@ -53,6 +53,27 @@ struct Stats {
     elapsed: Duration,
     /// Process CPU (user+system) per request, µs: a load-independent cost figure.
     cpu_us: f64,
+    /// CPU of the agent's own threads per request, µs.
+    agent_cpu_us: f64,
+}
+
+/// User+system CPU of this process's threads whose name starts with `prefix`, seconds.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let v = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (v(11) + v(12)) / 100.0
+        })
+        .sum()
 }
 
 /// User+system CPU of this process, seconds (USER_HZ = 100).
@@ -81,11 +102,11 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let warm = Instant::now() + Duration::from_millis(500);
-    let cpu = Arc::new(std::sync::Mutex::new(0.0f64));
+    let cpu = Arc::new(std::sync::Mutex::new((0.0f64, 0.0f64)));
     let cpu2 = cpu.clone();
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(warm.into()).await;
-        *cpu2.lock().unwrap() = cpu_seconds();
+        *cpu2.lock().unwrap() = (cpu_seconds(), thread_cpu_seconds("agent"));
     });
     let end = warm + dur;
     let mut tasks = Vec::new();
@@ -110,14 +131,17 @@ where
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
-    let used = cpu_seconds() - *cpu.lock().unwrap();
+    let (cpu0, agent0) = *cpu.lock().unwrap();
+    let used = cpu_seconds() - cpu0;
+    let agent_used = thread_cpu_seconds("agent") - agent0;
     sampler.await.unwrap();
     lat.sort_unstable();
-    let cpu_us = used * 1e6 / lat.len().max(1) as f64;
+    let n = lat.len().max(1) as f64;
     Stats {
         lat,
         elapsed: dur,
-        cpu_us,
+        cpu_us: used * 1e6 / n,
+        agent_cpu_us: agent_used * 1e6 / n,
     }
 }
 
@@ -150,23 +174,51 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Separate runtimes (named threads) so the agent's own CPU can be told apart from the
+    // benchmark client's and the worker's.
+    let worker_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("worker")
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("agent")
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = worker_rt.block_on(start_worker());
+    let agent = agent_rt.handle().clone();
+    client_rt.block_on(bench(worker, agent));
+}
+
+async fn bench(worker: SocketAddr, agent_rt: tokio::runtime::Handle) {
     let secs: u64 = std::env::var("ESB_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let dur = Duration::from_secs(secs);
-    let worker = start_worker().await;
     let rt = Arc::new(FakeRuntime::new());
     rt.set_worker_port(worker.port());
     let dir = tempfile::tempdir().unwrap();
-    let bound = esb_server::bind(settings(dir.path()), rt.clone())
+    let settings = settings(dir.path());
+    let rt2 = rt.clone();
+    let bound = agent_rt
+        .spawn(async move { esb_server::bind(settings, rt2).await })
         .await
+        .unwrap()
         .unwrap();
     let agent = bound.grpc_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bound.run(async {
+    let server = agent_rt.spawn(bound.run(async {
         let _ = stop_rx.await;
     }));
     let ch = Channel::from_shared(format!("http://{agent}"))
@@ -252,11 +304,12 @@ async fn main() {
         .await;
         for (name, s) in [("direct", &direct), ("agent", &via), ("grpc-nop", &noop)] {
             println!(
-                "{name:<8} {callers:>7} {:>10.1} {:>10.1} {:>10.0} {:>12.1}",
+                "{name:<8} {callers:>7} {:>10.1} {:>10.1} {:>10.0} {:>12.1} {:>14.1}",
                 s.pct(0.5),
                 s.pct(0.99),
                 s.rps(),
-                s.cpu_us
+                s.cpu_us,
+                s.agent_cpu_us
             );
         }
         rows.push((
