@@ -237,3 +237,34 @@ async fn one_log_line_per_rpc_without_secrets() {
         assert!(!text.contains(secret), "a secret reached the logs:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn health_is_not_serving_once_shutdown_begins() {
+    let agent = Agent::start_with(Arc::new(FakeRuntime::new()), |s| {
+        s.drain_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let mut h = HealthClient::new(agent.channel().await);
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: "esb.agent.v1.AgentService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(agent.stop());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .expect("a status update")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The open watch stream does not hold shutdown beyond the drain bound.
+    tokio::time::timeout(std::time::Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown within the drain bound")
+        .unwrap()
+        .unwrap();
+}
