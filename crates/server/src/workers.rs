@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use esb_runtime::{Runtime, RuntimeError, WORKER_PORT, Worker, WorkerState, WorkerStatus};
 
@@ -44,6 +44,18 @@ impl Entry {
 struct Inner {
     entries: HashMap<String, Arc<Entry>>,
     last_used: HashMap<String, i64>,
+    /// Recently removed ids: a runtime answer obtained before the removal must not
+    /// resurrect them (their IP may already belong to a new worker).
+    removed: HashMap<String, Instant>,
+}
+
+/// How long a removal is remembered (far longer than any list or inspect takes).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+
+impl Inner {
+    fn removed_since(&self, id: &str, started: Instant) -> bool {
+        self.removed.get(id).is_some_and(|at| *at >= started)
+    }
 }
 
 /// The table; cheap to share behind an `Arc`.
@@ -72,6 +84,7 @@ impl WorkerTable {
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 last_used,
+                removed: HashMap::new(),
             }),
             runtime,
             file,
@@ -124,10 +137,14 @@ impl WorkerTable {
         if let Some(e) = self.lock().entries.get(id) {
             return Ok(Some(e.clone()));
         }
+        let started = Instant::now();
         let Some(state) = self.runtime.inspect(id).await? else {
             return Ok(None);
         };
         let mut inner = self.lock();
+        if inner.removed_since(id, started) {
+            return Ok(None);
+        }
         upsert(&mut inner, state);
         Ok(inner.entries.get(id).cloned())
     }
@@ -150,8 +167,14 @@ impl WorkerTable {
                 e.slot.invalidate();
             }
         }
+        let now = Instant::now();
+        inner
+            .removed
+            .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
         for s in states {
-            upsert(&mut inner, s.clone());
+            if !inner.removed_since(&s.id, started) {
+                upsert(&mut inner, s.clone());
+            }
         }
     }
 
@@ -170,6 +193,7 @@ impl WorkerTable {
         if let Some(e) = inner.entries.remove(id) {
             e.slot.invalidate();
         }
+        inner.removed.insert(id.to_owned(), Instant::now());
         if inner.last_used.remove(id).is_some() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -335,6 +359,20 @@ mod tests {
         assert_eq!(t.entries().len(), 1);
         t.refresh(&[], Instant::now());
         assert_eq!(t.entries().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_listing_does_not_resurrect_a_removed_worker() {
+        let rt = Arc::new(FakeRuntime::new());
+        let t = WorkerTable::new(rt, None);
+        t.adopt(vec![state("a", Some("10.0.0.2".parse().unwrap()))]);
+        let started = Instant::now();
+        t.remove("a");
+        t.refresh(&[state("a", Some("10.0.0.2".parse().unwrap()))], started);
+        assert!(t.entries().is_empty());
+        // A listing taken after the removal is believed.
+        t.refresh(&[state("a", None)], Instant::now());
+        assert_eq!(t.entries().len(), 1);
     }
 
     #[tokio::test]
