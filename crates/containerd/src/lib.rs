@@ -25,8 +25,6 @@ use esb_runtime::{
     WorkerMetrics, WorkerState,
 };
 
-pub use metrics::decode as decode_metrics;
-
 /// containerd-backed [`esb_runtime::Runtime`].
 pub struct ContainerdRuntime {
     inner: Arc<Inner>,

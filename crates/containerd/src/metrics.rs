@@ -6,7 +6,7 @@ mod decode;
 use containerd_client::services::v1::MetricsRequest;
 use esb_runtime::{RuntimeError, WorkerMetrics, WorkerStatus};
 
-pub use decode::{Counters, decode};
+use decode::{Counters, decode};
 
 use crate::Inner;
 use crate::client::status_err;

@@ -15,17 +15,17 @@ mod v2 {
 
 /// The counters the agent reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Usage minus inactive page cache.
-    pub memory_current: u64,
-    pub memory_max: u64,
-    pub oom_events: u64,
-    pub cpu_usage_ns: u64,
+    pub(crate) memory_current: u64,
+    pub(crate) memory_max: u64,
+    pub(crate) oom_events: u64,
+    pub(crate) cpu_usage_ns: u64,
 }
 
 /// Decodes whichever cgroup version the payload carries (type URL with or without the
 /// `types.containerd.io/` prefix).
-pub fn decode(any: &Any) -> Result<Counters, RuntimeError> {
+pub(crate) fn decode(any: &Any) -> Result<Counters, RuntimeError> {
     let bad = |e| RuntimeError::internal("malformed task metrics").with_source(e);
     if any.type_url.ends_with("io.containerd.cgroups.v1.Metrics") {
         let m = v1::Metrics::decode(any.value.as_slice()).map_err(bad)?;
