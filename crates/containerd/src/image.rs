@@ -78,6 +78,7 @@ impl ImageStore {
         let lock = self.lock_for(&name);
         let _guard = lock.lock().await;
         let local = self.local(&name).await?;
+        let was_local = local.as_ref().map(|t| t.digest.clone());
         let target = match (self.registry.pull_policy, local) {
             (PullPolicy::IfNotPresent, Some(t)) => t,
             (PullPolicy::IfNotPresent, None) => self.pull(&reference, lease, None).await?,
@@ -90,7 +91,11 @@ impl ImageStore {
                 }
             },
         };
-        if let Some(hit) = self.cached(&name, &target.digest) {
+        // A fresh record (first pull, or re-pull after the image was removed and its
+        // snapshots collected) is always resolved again, so the unpack is checked.
+        if was_local.as_deref() == Some(target.digest.as_str())
+            && let Some(hit) = self.cached(&name, &target.digest)
+        {
             return Ok(hit);
         }
         let info = self.resolve(&name, &target, lease).await?;

@@ -117,3 +117,26 @@ async fn policy_always_falls_back_to_the_local_copy() {
     assert!(rt.destroy(&w2.id).await.expect("destroy"));
     world.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_removed_behind_the_agents_back_is_pulled_and_unpacked_again() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 16);
+    let rt = world.runtime().await;
+    let w = rt.ensure(world.request(&[])).await.expect("ensure");
+    assert!(rt.destroy(&w.id).await.expect("destroy"));
+    world.ctr(&["images", "rm", "--sync", &world.image()]);
+    assert!(
+        world.ctr_lines(&["snapshots", "ls"]).len() <= 1,
+        "layers collected"
+    );
+    let w = rt
+        .ensure(world.request(&[]))
+        .await
+        .expect("ensure after removal");
+    invoke(w.ip, "{}").await;
+    assert!(rt.destroy(&w.id).await.expect("destroy"));
+    world.assert_no_leftovers();
+}
