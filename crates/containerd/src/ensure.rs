@@ -35,6 +35,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     if req.image.trim().is_empty() {
         return Err(RuntimeError::invalid_argument("image is required"));
     }
+    validate_env(&req.env)?;
     let id = worker_name(&inner.common.identity, &req.function_name);
     let (tx, rx) = oneshot::channel();
     let task_inner = inner.clone();
@@ -49,6 +50,24 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     });
     rx.await
         .map_err(|_| RuntimeError::internal("ensure task ended without a result"))?
+}
+
+/// Env names must be non-empty without `=` or NUL; values without NUL (values are never
+/// echoed in errors: they may be secrets).
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), RuntimeError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(RuntimeError::invalid_argument(format!(
+                "invalid env name {k:?}"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(RuntimeError::invalid_argument(format!(
+                "env value of {k:?} contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What has been created so far (for compensation).
@@ -334,4 +353,21 @@ fn read_rootfs_file(mounts: &[Mount], rel: &str) -> Option<String> {
     }
     dirs.iter()
         .find_map(|d| std::fs::read_to_string(PathBuf::from(d).join(rel)).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_and_values_are_checked() {
+        let ok = BTreeMap::from([("A".to_string(), "x=y".to_string())]);
+        assert!(validate_env(&ok).is_ok());
+        for (k, v) in [("", "1"), ("A=B", "1"), ("A\0", "1"), ("A", "bad\0")] {
+            let env = BTreeMap::from([(k.to_string(), v.to_string())]);
+            let e = validate_env(&env).expect_err(k);
+            assert_eq!(e.kind(), esb_runtime::ErrorKind::InvalidArgument);
+            assert!(!e.message().contains("bad"), "values are not echoed");
+        }
+    }
 }
