@@ -189,3 +189,44 @@ async fn worker_carries_labels_limits_and_hardening() -> anyhow::Result<()> {
     assert!(rt.destroy(&w.id).await?);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_pause_resume_stays_consistent() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 7).await?;
+    let rt = ctx.runtime().await?;
+    let w = rt.ensure(ctx.request("toggle")).await?;
+    invoke(w.ip, "{}").await?;
+    // dockerd applies pause/resume events asynchronously; quick toggles (here also through
+    // the raw API) must never make an operation of ours fail or lie.
+    for i in 0..40 {
+        rt.pause(&w.id).await?;
+        rt.resume(&w.id).await?;
+        if i % 4 == 0 {
+            let _ = ctx.raw.pause_container(&w.id).await;
+            let _ = ctx.raw.unpause_container(&w.id).await;
+        }
+    }
+    rt.resume(&w.id).await?;
+    assert!(
+        invoke(w.ip, r#"{"after":"toggles"}"#)
+            .await?
+            .contains("toggles")
+    );
+    rt.pause(&w.id).await?;
+    assert_eq!(
+        rt.inspect(&w.id).await?.map(|s| s.status),
+        Some(WorkerStatus::Paused)
+    );
+    // Really frozen: no answer.
+    let frozen = tokio::time::timeout(
+        Duration::from_millis(500),
+        crate::support::invoke_once(w.ip, "{}"),
+    )
+    .await;
+    assert!(frozen.is_err(), "a paused worker answered");
+    assert!(rt.destroy(&w.id).await?);
+    Ok(())
+}
