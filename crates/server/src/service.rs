@@ -143,11 +143,21 @@ impl Core {
         let entry = self.owned(&call.target).await?;
         // A failed invocation is a use too (SPEC §4).
         self.table.touch(&entry.id);
-        if entry.status == WorkerStatus::Paused {
-            return Err(ApiError::FailedPrecondition(format!(
-                "container {} is paused; resume it before invoking",
-                entry.id
-            )));
+        match entry.status {
+            WorkerStatus::Paused => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "container {} is paused; resume it before invoking",
+                    entry.id
+                )));
+            }
+            // A stopped worker never starts listening: no cold-start wait until the deadline.
+            WorkerStatus::Stopped => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "container {} is stopped",
+                    entry.id
+                )));
+            }
+            WorkerStatus::Running | WorkerStatus::Unknown => {}
         }
         let addr = entry.addr().ok_or_else(|| {
             ApiError::FailedPrecondition(format!("container {} has no ip address", entry.id))

@@ -245,6 +245,27 @@ async fn paused_worker_fails_at_once_and_no_ip_is_failed_precondition() {
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(worker.deliveries(), 0);
+    // A stopped worker (learnt from a listing) fails at once too.
+    c.resume_container(v1::ResumeContainerRequest {
+        container_id: id.clone(),
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    agent.rt.set_status(&id, esb_runtime::WorkerStatus::Stopped);
+    c.list_containers(v1::ListContainersRequest {
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let s = c
+        .invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(s.message().contains("stopped"), "{}", s.message());
+    assert!(started.elapsed() < Duration::from_millis(500));
     // A worker the runtime knows without an address.
     agent.rt.insert_worker(esb_runtime::WorkerState {
         id: "noip".into(),
