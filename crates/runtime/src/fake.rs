@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    EnsureRequest, ErrorKind, GcReport, Result, Runtime, RuntimeCapabilities, RuntimeError,
-    RuntimeKind, WORKER_PORT, Worker, WorkerMetrics, WorkerState, WorkerStatus,
+    EnsureRequest, ErrorKind, GcReport, Observer, ObserverSlot, Phase, PullOutcome, Result,
+    Runtime, RuntimeCapabilities, RuntimeError, RuntimeKind, WORKER_PORT, Worker, WorkerMetrics,
+    WorkerState, WorkerStatus,
 };
 
 /// A runtime operation, for call records and scripted failures.
@@ -56,9 +57,12 @@ struct Inner {
 
 /// A fake [`Runtime`]: workers live in a map; new workers get `worker_ip` (loopback by
 /// default, so invoke tests can point at an in-test HTTP server) and `worker_port`.
+/// `ensure` reports a cached pull and the `create` and `start` phases to the observer, a
+/// failed ensure a rollback of `"ensure"`.
 #[derive(Debug)]
 pub struct FakeRuntime {
     inner: Mutex<Inner>,
+    observer: ObserverSlot,
 }
 
 impl Default for FakeRuntime {
@@ -88,6 +92,7 @@ impl FakeRuntime {
                 ensure_delay: Duration::ZERO,
                 reconcile_result: Vec::new(),
             }),
+            observer: ObserverSlot::default(),
         }
     }
 
@@ -204,13 +209,22 @@ impl FakeRuntime {
 #[async_trait::async_trait]
 impl Runtime for FakeRuntime {
     async fn ensure(&self, req: EnsureRequest) -> Result<Worker> {
-        self.enter(Op::Ensure, None)?;
+        let obs = self.observer.get();
+        if let Err(e) = self.enter(Op::Ensure, None) {
+            obs.rollback("ensure");
+            return Err(e);
+        }
+        obs.pull(PullOutcome::Cached);
+        let t = Instant::now();
         let delay = self.lock().ensure_delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        obs.phase(Phase::Create, t.elapsed());
+        let t = Instant::now();
         let mut inner = self.lock();
         let Some(ip) = inner.worker_ip else {
+            obs.rollback("ensure");
             return Err(RuntimeError::internal("fake worker has no ip"));
         };
         let n = inner.next_id;
@@ -237,6 +251,7 @@ impl Runtime for FakeRuntime {
                 created_at: worker.created_at,
             },
         );
+        obs.phase(Phase::Start, t.elapsed());
         Ok(worker)
     }
 
@@ -355,6 +370,10 @@ impl Runtime for FakeRuntime {
             default_cpu_millis: 1000,
             default_pids_limit: 256,
         }
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) {
+        self.observer.set(observer);
     }
 }
 

@@ -1,10 +1,12 @@
 //! The runtime contract: domain types, the [`Runtime`] trait every backend implements,
 //! typed errors with a semantic kind, the shared status enum, identity (brand, namespace,
-//! network, subnet), worker names and labels, and the settings backends are built from.
+//! network, subnet), worker names and labels, the settings backends are built from, and the
+//! [`Observer`] through which backends report phase timings, pulls and rollbacks.
 
 pub mod error;
 pub mod identity;
 pub mod names;
+pub mod observe;
 pub mod settings;
 pub mod status;
 pub mod types;
@@ -13,6 +15,7 @@ pub mod types;
 pub mod fake;
 
 pub use error::{ErrorKind, RuntimeError};
+pub use observe::{NoopObserver, Observer, ObserverSlot, Phase, PullOutcome};
 pub use status::WorkerStatus;
 pub use types::*;
 
@@ -35,6 +38,9 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 ///   labels of this brand and ENV (SPEC §5). Ownership (`owner_id`) is checked by the caller
 ///   (the server) using [`WorkerState::owner_id`]; backends never filter by owner.
 /// - Unsupported operations return [`ErrorKind::Unimplemented`].
+/// - **Observation**: the server installs an [`Observer`] once, before `reconcile`, with
+///   [`Runtime::set_observer`]; the backend then reports ensure phases, pull outcomes,
+///   rollbacks and (containerd) IPAM reservations to it. The default ignores it.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Creates, starts and networks a new worker. Returns once its process runs and it has
@@ -75,4 +81,8 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// What this backend supports; static after start-up.
     fn capabilities(&self) -> RuntimeCapabilities;
+
+    /// Installs the observer for metrics; called once at start-up. Later calls may be
+    /// ignored. The default discards it (a backend with nothing to report).
+    fn set_observer(&self, _observer: std::sync::Arc<dyn Observer>) {}
 }

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use esb_runtime::{Observer, Phase, PullOutcome};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +37,16 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -54,6 +66,10 @@ pub struct Metrics {
     invoke_seconds: Histogram,
     invoke_retries: Counter,
     ensure_seconds: Histogram,
+    ensure_phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    pulls: Family<OutcomeLabels, Counter>,
+    rollbacks: Family<OperationLabels, Counter>,
+    ipam_reservations: Gauge,
     workers: Family<StateLabels, Gauge>,
     gc_reclaimed: Counter,
     gc_released: Counter,
@@ -109,6 +125,31 @@ impl Metrics {
             "EnsureContainer latency (successful creations), seconds",
             ensure_seconds.clone(),
         );
+        let ensure_phase_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "esb_agent_ensure_phase_duration_seconds",
+            "EnsureContainer latency by backend phase (pull, snapshot, create, network, task_create, start), seconds",
+            ensure_phase_seconds.clone(),
+        );
+        let pulls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "esb_agent_image_pulls",
+            "Image resolutions by outcome (pulled, cached, fallback, failed)",
+            pulls.clone(),
+        );
+        let rollbacks = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "esb_agent_rollbacks",
+            "Compensations of partially completed operations, by operation",
+            rollbacks.clone(),
+        );
+        let ipam_reservations = Gauge::default();
+        registry.register(
+            "esb_agent_cni_ipam_reservations",
+            "Current CNI attachments holding an IPAM reservation (containerd backend)",
+            ipam_reservations.clone(),
+        );
         let workers = Family::<StateLabels, Gauge>::default();
         registry.register(
             "esb_agent_workers",
@@ -153,6 +194,10 @@ impl Metrics {
             invoke_seconds,
             invoke_retries,
             ensure_seconds,
+            ensure_phase_seconds,
+            pulls,
+            rollbacks,
+            ipam_reservations,
             workers,
             gc_reclaimed,
             gc_released,
@@ -253,5 +298,35 @@ impl Metrics {
                 *last = total;
             }
         }
+    }
+}
+
+/// Backend observations land in the `esb_agent_*` backend metrics.
+impl Observer for Metrics {
+    fn phase(&self, phase: Phase, d: Duration) {
+        self.ensure_phase_seconds
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    fn pull(&self, outcome: PullOutcome) {
+        self.pulls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    fn rollback(&self, op: &'static str) {
+        self.rollbacks
+            .get_or_create(&OperationLabels { operation: op })
+            .inc();
+    }
+
+    fn ipam_reservations(&self, n: u64) {
+        self.ipam_reservations
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

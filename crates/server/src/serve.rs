@@ -76,6 +76,8 @@ pub async fn bind(
         None => (None, None),
     };
     let metrics = Arc::new(Metrics::new());
+    // Before reconcile, so its rollbacks and IPAM figures are already counted.
+    runtime.set_observer(metrics.clone());
     let table = Arc::new(WorkerTable::new(runtime.clone(), Some(&settings.state_dir)));
     let adopted = runtime.reconcile().await.map_err(ServerError::Reconcile)?;
     tracing::info!(workers = adopted.len(), "reconciled; adopting live workers");

@@ -161,6 +161,31 @@ async fn metrics_endpoint_counts_rpcs_by_method_and_code() {
     eventually(|| true).await;
 }
 
+#[tokio::test]
+async fn backend_observations_reach_metrics() {
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = Agent::start_with(rt.clone(), |_| {}).await;
+    super::service::ensure(&agent, OWNER).await;
+    rt.fail_nth(Op::Ensure, 2, ErrorKind::Unavailable);
+    let mut c = agent.client().await;
+    let err = c
+        .ensure_container(super::service::ensure_req("fn-a", OWNER, "img:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let (code, text) = agent.scrape("/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        r#"esb_agent_ensure_phase_duration_seconds_count{phase="create"} 1"#,
+        r#"esb_agent_ensure_phase_duration_seconds_count{phase="start"} 1"#,
+        r#"esb_agent_image_pulls_total{outcome="cached"} 1"#,
+        r#"esb_agent_rollbacks_total{operation="ensure"} 1"#,
+        "esb_agent_cni_ipam_reservations 0",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+}
+
 /// A `MakeWriter` collecting log output in memory.
 #[derive(Clone, Default)]
 struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
