@@ -73,5 +73,6 @@ pub(crate) async fn remove_quietly(inner: &Inner, id: &str) -> Result<()> {
 
 /// Rollback of a failed or abandoned ensure.
 pub(crate) async fn remove_detached(inner: &Inner, id: &str) {
+    inner.observer.get().rollback("ensure");
     let _ = remove_quietly(inner, id).await;
 }

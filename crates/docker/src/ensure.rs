@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkingConfig,
@@ -16,7 +16,8 @@ use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions}
 use esb_runtime::names::worker_name;
 use esb_runtime::settings::PullPolicy;
 use esb_runtime::{
-    EnsureRequest, ErrorKind, Result, RuntimeError, WORKER_PORT, Worker, WorkerStatus,
+    EnsureRequest, ErrorKind, Phase, PullOutcome, Result, RuntimeError, WORKER_PORT, Worker,
+    WorkerStatus,
 };
 use tokio::sync::oneshot;
 
@@ -36,7 +37,14 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     let image = parse_ref(&req.image, &inner.common.registry.default_registry)?;
     let policy = inner.common.registry.pull_policy;
     if policy == PullPolicy::Always {
-        ensure_image(&inner.docker, &inner.pulls, &image, policy).await?;
+        ensure_image(
+            &inner.docker,
+            &inner.pulls,
+            &image,
+            policy,
+            inner.observer.get(),
+        )
+        .await?;
     }
 
     let name = worker_name(&inner.common.identity, &req.function_name);
@@ -143,19 +151,30 @@ async fn build(
         name: Some(name.to_string()),
         ..Default::default()
     };
+    let obs = inner.observer.get();
+    let policy = inner.common.registry.pull_policy;
+    let mut t = Instant::now();
     let first = inner
         .docker
         .create_container(Some(opts.clone()), body.clone())
         .await;
     let created = match first {
         Err(e) if is_no_such_image(&e) => {
-            let policy = inner.common.registry.pull_policy;
-            ensure_image(&inner.docker, &inner.pulls, image, policy).await?;
+            ensure_image(&inner.docker, &inner.pulls, image, policy, obs).await?;
+            t = Instant::now();
             inner.docker.create_container(Some(opts), body).await
         }
-        other => other,
+        other => {
+            // With if-not-present a successful create was the presence check (`always`
+            // already reported its pull).
+            if other.is_ok() && policy == PullPolicy::IfNotPresent {
+                obs.pull(PullOutcome::Cached);
+            }
+            other
+        }
     }
     .map_err(create_error)?;
+    obs.phase(Phase::Create, t.elapsed());
     let id = created.id;
     inner.known.remember(&id);
     match start_and_address(inner, &id).await {
@@ -209,12 +228,23 @@ fn start_error(e: bollard::errors::Error) -> RuntimeError {
     })
 }
 
+/// Starts the container (`start` phase) and waits for its IP (`network` phase).
 async fn start_and_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
+    let obs = inner.observer.get();
+    let t = Instant::now();
     inner
         .docker
         .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
         .map_err(start_error)?;
+    obs.phase(Phase::Start, t.elapsed());
+    let t = Instant::now();
+    let res = wait_address(inner, id).await;
+    obs.phase(Phase::Network, t.elapsed());
+    res
+}
+
+async fn wait_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
     let network = &inner.settings.network;
     let mut delays = IP_BACKOFF_MS.iter();
     loop {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bollard::Docker;
 use bollard::query_parameters::CreateImageOptions;
 use esb_runtime::settings::PullPolicy;
-use esb_runtime::{Result, RuntimeError};
+use esb_runtime::{Observer, Phase, PullOutcome, Result, RuntimeError};
 use futures::StreamExt;
 
 use crate::error::{Subject, is_not_found, map};
@@ -110,22 +110,41 @@ impl PullLocks {
     }
 }
 
-/// Makes `image` available locally according to `policy`.
+/// Makes `image` available locally according to `policy`; reports the `pull` phase and
+/// the outcome to `obs`.
 pub(crate) async fn ensure_image(
     docker: &Docker,
     locks: &PullLocks,
     image: &ImageRef,
     policy: PullPolicy,
+    obs: &dyn Observer,
 ) -> Result<()> {
+    let started = Instant::now();
+    let res = resolve(docker, locks, image, policy).await;
+    obs.phase(Phase::Pull, started.elapsed());
+    obs.pull(match &res {
+        Ok(outcome) => *outcome,
+        Err(_) => PullOutcome::Failed,
+    });
+    res.map(|_| ())
+}
+
+async fn resolve(
+    docker: &Docker,
+    locks: &PullLocks,
+    image: &ImageRef,
+    policy: PullPolicy,
+) -> Result<PullOutcome> {
     let asked = Instant::now();
     let entry = locks.entry(&image.full);
     let mut last_pull = entry.lock().await;
     if last_pull.is_some_and(|done| done >= asked) {
-        return Ok(()); // a pull that finished while we waited serves us too
+        // A pull that finished while we waited serves us too.
+        return Ok(PullOutcome::Cached);
     }
     match policy {
         PullPolicy::IfNotPresent => match docker.inspect_image(&image.full).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(PullOutcome::Cached),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(map(e, "inspect image", Subject::Image)),
         },
@@ -134,12 +153,12 @@ pub(crate) async fn ensure_image(
     match pull(docker, image).await {
         Ok(()) => {
             *last_pull = Some(Instant::now());
-            Ok(())
+            Ok(PullOutcome::Pulled)
         }
         Err(err) if policy == PullPolicy::Always => match docker.inspect_image(&image.full).await {
             Ok(_) => {
                 tracing::warn!(image = %image.full, error = %err.chain(), "pull failed; using the local copy");
-                Ok(())
+                Ok(PullOutcome::Fallback)
             }
             Err(_) => Err(err),
         },

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use bollard::Docker;
 use esb_runtime::settings::{CommonSettings, DockerSettings};
 use esb_runtime::{
-    EnsureRequest, GcReport, Result, Runtime, RuntimeCapabilities, RuntimeError, Worker,
-    WorkerMetrics, WorkerState,
+    EnsureRequest, GcReport, Observer, ObserverSlot, Result, Runtime, RuntimeCapabilities,
+    RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
 
 /// Docker-backed [`esb_runtime::Runtime`].
@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) caps: RuntimeCapabilities,
     /// Ids known to be managed (hot-path scope check).
     pub(crate) known: known::KnownWorkers,
+    /// Receives phase timings, pull outcomes and rollbacks (metrics).
+    pub(crate) observer: ObserverSlot,
 }
 
 impl DockerRuntime {
@@ -60,6 +62,7 @@ impl DockerRuntime {
                 in_flight: Mutex::new(HashSet::new()),
                 caps,
                 known: known::KnownWorkers::default(),
+                observer: ObserverSlot::default(),
             }),
         })
     }
@@ -114,5 +117,9 @@ impl Runtime for DockerRuntime {
 
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) {
+        self.inner.observer.set(observer);
     }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod failures;
 mod lifecycle;
+mod observe;
 mod ownership;
 mod pulls;
 mod scale;
