@@ -278,6 +278,12 @@ impl CniNetwork {
         self.inner.journal.all()
     }
 
+    /// How many attachments are journaled — each holds one IPAM reservation (one directory
+    /// read, no entry parsed; for the reservations gauge).
+    pub fn attachment_count(&self) -> Result<usize, CniError> {
+        self.inner.journal.ids().map(|ids| ids.len())
+    }
+
     pub fn attachment(&self, container_id: &str) -> Result<Option<Attachment>, CniError> {
         validate_id(container_id)?;
         self.inner.journal.read(container_id)

@@ -43,6 +43,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
         let result = create(&task_inner, &id, &req).await;
         if let Err(Ok(unwanted)) = tx.send(result) {
             tracing::info!(worker = %unwanted.id, "ensure caller went away; destroying the new worker");
+            task_inner.observer.get().rollback("ensure");
             if let Err(e) = destroy::destroy_detached(&task_inner, &unwanted.id).await {
                 tracing::warn!(worker = %unwanted.id, error = %e.chain(), "destroying an unwanted worker failed");
             }
@@ -104,6 +105,9 @@ async fn create(inner: &Arc<Inner>, id: &str, req: &EnsureRequest) -> Result<Wor
     let result = steps(inner, id, req, &lease, &mut done).await;
     if let Err(e) = &result {
         tracing::warn!(worker = %id, error = %e.chain(), "ensure failed; rolling back");
+        if done.snapshot || done.network || done.container || done.task {
+            inner.observer.get().rollback("ensure");
+        }
         let undo = undo(inner, id, &done);
         if tokio::time::timeout(UNDO_DEADLINE, undo).await.is_err() {
             tracing::error!(worker = %id, "rollback of a failed ensure timed out");
@@ -129,7 +133,10 @@ async fn steps(
     // resolved (a failure on either side is undone with the rest).
     let image_and_snapshot = async {
         let t = std::time::Instant::now();
-        let image = inner.images.ensure(&req.image, lease).await?;
+        let image = inner
+            .images
+            .ensure(&req.image, lease, inner.observer.get())
+            .await?;
         let image_us = t.elapsed().as_micros() as u64;
         let labels: HashMap<String, String> = identity.managed_selector().into_iter().collect();
         let mounts = c
@@ -260,6 +267,7 @@ async fn steps(
         worker = %id, image_us, snapshot_us, network_us, container_us, task_us, start_us,
         "worker created"
     );
+    clock.report(inner.observer.get());
 
     Ok(Worker {
         id: id.to_string(),
@@ -289,6 +297,23 @@ impl Phases {
     /// Restarts the clock after phases that ran concurrently (their times set directly).
     fn lap_shared(&mut self) {
         self.last = std::time::Instant::now();
+    }
+
+    /// Reports the phases to the metrics observer (the network wait after the task is part
+    /// of the overlapping network phase already).
+    fn report(&self, obs: &dyn esb_runtime::Observer) {
+        use esb_runtime::Phase;
+        let phases = [
+            Phase::Pull,
+            Phase::Snapshot,
+            Phase::Network,
+            Phase::Create,
+            Phase::TaskCreate,
+            Phase::Start,
+        ];
+        for (phase, us) in phases.into_iter().zip(self.us) {
+            obs.phase(phase, Duration::from_micros(us));
+        }
     }
 
     fn lap(&mut self, i: usize) {

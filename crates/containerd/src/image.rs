@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use containerd_client::services::v1::GetImageRequest;
 use containerd_client::types::Descriptor;
-use esb_runtime::RuntimeError;
 use esb_runtime::settings::{PullPolicy, RegistrySettings};
+use esb_runtime::{Observer, PullOutcome, RuntimeError};
 use oci_client::Reference;
 
 use crate::client::{Client, is_not_found, status_err};
@@ -66,7 +66,29 @@ impl ImageStore {
 
     /// Makes `raw` present and unpacked (per policy) and returns what a worker needs.
     /// Content and snapshots written here are held by `lease` until records reference them.
-    pub(crate) async fn ensure(&self, raw: &str, lease: &str) -> Result<ImageInfo, RuntimeError> {
+    /// Reports the outcome (pulled, cached, fallback, failed) to `obs`.
+    pub(crate) async fn ensure(
+        &self,
+        raw: &str,
+        lease: &str,
+        obs: &dyn Observer,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let mut outcome = PullOutcome::Cached;
+        let res = self.ensure_as(raw, lease, &mut outcome).await;
+        obs.pull(if res.is_ok() {
+            outcome
+        } else {
+            PullOutcome::Failed
+        });
+        res
+    }
+
+    async fn ensure_as(
+        &self,
+        raw: &str,
+        lease: &str,
+        outcome: &mut PullOutcome,
+    ) -> Result<ImageInfo, RuntimeError> {
         let reference = normalize(raw, &self.registry.default_registry)?;
         let name = reference.whole();
         if self.registry.pull_policy == PullPolicy::IfNotPresent
@@ -81,12 +103,19 @@ impl ImageStore {
         let was_local = local.as_ref().map(|t| t.digest.clone());
         let target = match (self.registry.pull_policy, local) {
             (PullPolicy::IfNotPresent, Some(t)) => t,
-            (PullPolicy::IfNotPresent, None) => self.pull(&reference, lease, None).await?,
-            (PullPolicy::Always, None) => self.pull(&reference, lease, None).await?,
+            (_, None) => {
+                let t = self.pull(&reference, lease, None).await?;
+                *outcome = PullOutcome::Pulled;
+                t
+            }
             (PullPolicy::Always, Some(t)) => match self.pull(&reference, lease, Some(&t)).await {
-                Ok(new) => new,
+                Ok(new) => {
+                    *outcome = PullOutcome::Pulled;
+                    new
+                }
                 Err(e) => {
                     tracing::warn!(image = %name, error = %e.chain(), "pull failed; using the local copy");
+                    *outcome = PullOutcome::Fallback;
                     t
                 }
             },

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use esb_cni::CniNetwork;
 use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
 use esb_runtime::{
-    EnsureRequest, GcReport, Result, Runtime, RuntimeCapabilities, RuntimeError, Worker,
-    WorkerMetrics, WorkerState,
+    EnsureRequest, GcReport, Observer, ObserverSlot, Result, Runtime, RuntimeCapabilities,
+    RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
 
 /// containerd-backed [`esb_runtime::Runtime`].
@@ -47,6 +47,18 @@ pub(crate) struct Inner {
     pub caps: RuntimeCapabilities,
     /// runc v2 shim group shared by this agent's workers (`None` = one shim each).
     pub shim_group: Option<String>,
+    /// Receives phase timings, pull outcomes, rollbacks and the IPAM count (metrics).
+    pub observer: ObserverSlot,
+}
+
+impl Inner {
+    /// Reports the current number of IPAM reservations (journaled CNI attachments).
+    fn report_ipam(&self) {
+        match self.cni.attachment_count() {
+            Ok(n) => self.observer.get().ipam_reservations(n as u64),
+            Err(e) => tracing::debug!(error = %e, "cannot count cni attachments"),
+        }
+    }
 }
 
 impl ContainerdRuntime {
@@ -98,6 +110,7 @@ impl ContainerdRuntime {
                 gate: tokio::sync::RwLock::new(()),
                 caps,
                 shim_group,
+                observer: ObserverSlot::default(),
             }),
         })
     }
@@ -106,11 +119,15 @@ impl ContainerdRuntime {
 #[async_trait::async_trait]
 impl Runtime for ContainerdRuntime {
     async fn ensure(&self, req: EnsureRequest) -> Result<Worker> {
-        ensure::ensure(&self.inner, req).await
+        let r = ensure::ensure(&self.inner, req).await;
+        self.inner.report_ipam();
+        r
     }
 
     async fn destroy(&self, id: &str) -> Result<bool> {
-        destroy::destroy(&self.inner, id).await
+        let r = destroy::destroy(&self.inner, id).await;
+        self.inner.report_ipam();
+        r
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
@@ -134,11 +151,15 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn gc(&self) -> Result<GcReport> {
-        gc::gc(&self.inner).await
+        let r = gc::gc(&self.inner).await;
+        self.inner.report_ipam();
+        r
     }
 
     async fn reconcile(&self) -> Result<Vec<WorkerState>> {
-        gc::reconcile(&self.inner).await
+        let r = gc::reconcile(&self.inner).await;
+        self.inner.report_ipam();
+        r
     }
 
     async fn ping(&self) -> Result<()> {
@@ -147,6 +168,10 @@ impl Runtime for ContainerdRuntime {
 
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) {
+        self.inner.observer.set(observer);
     }
 }
 
