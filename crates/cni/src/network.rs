@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use esb_runtime::settings::CniSettings;
 use serde_json::Value;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::chain::{self, Target};
 use crate::error::CniError;
@@ -230,12 +230,23 @@ impl CniNetwork {
     /// the attachment with the sandbox IP. On failure everything is undone. Attaching an id
     /// that is already attached returns the existing attachment.
     pub async fn attach(&self, container_id: &str) -> Result<Attachment, CniError> {
+        self.attach_notify(container_id, None).await
+    }
+
+    /// [`attach`](Self::attach) that sends the netns path on `pinned` as soon as the netns is
+    /// pinned (before ADD), so a caller can create its container in that netns while the
+    /// plugins run. Dropped unsent when the attach fails before pinning.
+    pub async fn attach_notify(
+        &self,
+        container_id: &str,
+        pinned: Option<oneshot::Sender<PathBuf>>,
+    ) -> Result<Attachment, CniError> {
         validate_id(container_id)?;
         let inner = self.inner.clone();
         let id = container_id.to_string();
         detached(async move {
             let _lock = lock_id(&inner, &id).await;
-            attach_locked(&inner, &id).await
+            attach_locked(&inner, &id, pinned).await
         })
         .await
     }
@@ -328,9 +339,16 @@ fn target(a: &Attachment) -> Target {
     }
 }
 
-async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniError> {
+async fn attach_locked(
+    inner: &Arc<Inner>,
+    id: &str,
+    pinned: Option<oneshot::Sender<PathBuf>>,
+) -> Result<Attachment, CniError> {
     if let Some(existing) = read_entry(inner, id)? {
         if existing.state == AttachState::Added && netns::is_pinned(&existing.netns_path) {
+            if let Some(tx) = pinned {
+                let _ = tx.send(existing.netns_path.clone());
+            }
             return Ok(existing);
         }
         // A stale half-done attachment (crash mid-ADD): clear it before starting over.
@@ -351,7 +369,7 @@ async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniEr
         .attached_map()
         .insert(id.to_string(), std::time::Instant::now());
     let started = std::time::Instant::now();
-    let res = add_steps(inner, &pending).await;
+    let res = add_steps(inner, &pending, pinned).await;
     match res {
         Ok(done) => {
             tracing::debug!(container_id = id, ip = ?done.ip, elapsed_ms = started.elapsed().as_millis() as u64, "cni attached");
@@ -366,10 +384,18 @@ async fn attach_locked(inner: &Arc<Inner>, id: &str) -> Result<Attachment, CniEr
     }
 }
 
-async fn add_steps(inner: &Arc<Inner>, pending: &Attachment) -> Result<Attachment, CniError> {
+async fn add_steps(
+    inner: &Arc<Inner>,
+    pending: &Attachment,
+    pinned: Option<oneshot::Sender<PathBuf>>,
+) -> Result<Attachment, CniError> {
     let pin = pending.netns_path.clone();
     let pool = inner.pool.clone();
     blocking(move || pool.pin(&pin)).await?;
+    if let Some(tx) = pinned {
+        // The caller may have gone; the attach goes on regardless.
+        let _ = tx.send(pending.netns_path.clone());
+    }
     let result = chain::add(inner.exec.as_ref(), &inner.conflist, &target(pending)).await?;
     let ip = chain::sandbox_ip(&result, &pending.ifname).ok_or_else(|| CniError::NoIp {
         container_id: pending.container_id.clone(),

@@ -21,18 +21,19 @@ const RUNS: usize = 20;
 
 /// u64 fields of every debug event (ensure's "worker created", destroy's "worker destroyed").
 static EVENTS: Mutex<Vec<HashMap<&'static str, u64>>> = Mutex::new(Vec::new());
-const ENSURE_PHASES: [(&str, &str); 6] = [
+const ENSURE_PHASES: [(&str, &str); 7] = [
     ("image_us", "image"),
-    ("snapshot_us", "snapshot (overlaps netns+cni)"),
-    ("network_us", "netns+cni"),
+    ("snapshot_us", "snapshot"),
     ("container_us", "container"),
     ("task_us", "task create"),
+    ("network_us", "netns+cni (overlaps image..task create)"),
+    ("net_wait_us", "wait for cni after task create"),
     ("start_us", "start"),
 ];
 const DESTROY_PHASES: [(&str, &str); 3] = [
     ("stop_us", "stop (SIGTERM → exit)"),
-    ("task_delete_us", "task delete (overlaps cni del)"),
-    ("network_us", "cni del + netns"),
+    ("task_delete_us", "task delete"),
+    ("network_us", "cni del + netns (overlaps stop..snapshot)"),
 ];
 
 struct PhaseCollector;
