@@ -1,5 +1,5 @@
 //! Destroy: thaw, stop (Wait before Kill; SIGTERM only when PID 1 handles it, then SIGKILL to
-//! all), delete task, CNI DEL + netns, container, snapshot, log. Idempotent; runs in a detached
+//! all), delete task, container, snapshot, log; CNI DEL + netns alongside. Idempotent; runs in a detached
 //! task so a dropped caller cannot stop it half-way; every wait is bounded.
 
 use std::sync::Arc;
@@ -60,25 +60,26 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
         Err(s) => return Err(status_err("get container", s)),
     }
     let t = std::time::Instant::now();
-    if let Err(e) = stop_task(inner, id).await {
-        tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
-    }
-    let stop_us = t.elapsed().as_micros() as u64;
-    // Once the process is gone, the network and the containerd records come down in parallel.
+    // The network comes down while the process is stopped: with its veth gone the worker can
+    // answer nobody, and destroy releases everything whether or not the stop succeeds.
     let records = async {
+        if let Err(e) = stop_task(inner, id).await {
+            tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
+        }
+        let stop_us = t.elapsed().as_micros() as u64;
         if let Err(e) = delete_task(inner, id).await {
             tracing::warn!(worker = %id, error = %e.chain(), "deleting task failed");
         }
         let task_delete_us = t.elapsed().as_micros() as u64 - stop_us;
-        delete_container(inner, id).await;
-        remove_snapshot(inner, id).await;
-        task_delete_us
+        // Deleting a container record does not touch its snapshot: both go at once.
+        tokio::join!(delete_container(inner, id), remove_snapshot(inner, id));
+        (stop_us, task_delete_us)
     };
     let network = async {
         let r = inner.cni.detach(id).await;
-        (r, t.elapsed().as_micros() as u64 - stop_us)
+        (r, t.elapsed().as_micros() as u64)
     };
-    let ((detached, network_us), task_delete_us) = tokio::join!(network, records);
+    let ((detached, network_us), (stop_us, task_delete_us)) = tokio::join!(network, records);
     tracing::debug!(
         worker = %id, stop_us, task_delete_us, network_us,
         total_us = t.elapsed().as_micros() as u64, "worker destroyed"
