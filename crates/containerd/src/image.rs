@@ -4,6 +4,7 @@
 mod content;
 mod oci;
 mod pull;
+mod reference;
 mod unpack;
 
 use std::collections::HashMap;
@@ -238,7 +239,7 @@ pub(crate) fn normalize(raw: &str, default_registry: &str) -> Result<Reference, 
     } else {
         format!("{default_registry}/{raw}")
     };
-    Reference::try_from(full.as_str()).map_err(|e| {
+    reference::parse(&full).map_err(|e| {
         RuntimeError::invalid_argument(format!("invalid image reference {raw:?}")).with_source(e)
     })
 }
