@@ -73,6 +73,35 @@ fn cleanup(socket: &str) {
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
 }
 
+/// Leaves nothing of the namespace: leases, the image, its snapshots and content.
+fn remove_namespace(socket: &str) {
+    for l in ctr(socket, &["leases", "ls", "-q"]) {
+        ctr(socket, &["leases", "rm", &l]);
+    }
+    for i in ctr(socket, &["images", "ls", "-q"]) {
+        ctr(socket, &["images", "rm", "--sync", &i]);
+    }
+    for _ in 0..10 {
+        let snaps: Vec<String> = ctr(socket, &["snapshots", "ls"])
+            .into_iter()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        if snaps.is_empty() {
+            break;
+        }
+        for s in snaps {
+            ctr(socket, &["snapshots", "rm", &s]);
+        }
+    }
+    for d in ctr(socket, &["content", "ls", "-q"]) {
+        ctr(socket, &["content", "rm", &d]);
+    }
+    let _ = Command::new("ctr")
+        .args(["--address", socket, "namespaces", "rm", NAMESPACE])
+        .output();
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let Some(env) = esb_testkit::containerd() else {
@@ -219,5 +248,6 @@ async fn main() {
     );
     let left = ctr(&socket, &["containers", "ls", "-q"]);
     cleanup(&socket);
+    remove_namespace(&socket);
     assert!(left.is_empty(), "leftover containers: {left:?}");
 }
