@@ -212,7 +212,9 @@ async fn one_log_line_per_rpc_without_secrets() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(capture.clone())
-        .with_max_level(tracing::Level::DEBUG)
+        // The agent's own DEBUG filter (crates/agent config): the HTTP/2 and TLS stacks stay
+        // at info, so their frame-level debug lines cannot land in this capture.
+        .with_env_filter("debug,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info")
         .with_ansi(false)
         .finish();
     // The current-thread test runtime runs the server's tasks on this thread too.
