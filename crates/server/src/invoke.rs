@@ -1,12 +1,14 @@
 //! The InvokeWorker L7 proxy (SPEC §4): one keep-alive HTTP/1.1 connection pool keyed by
 //! worker (dropped when the worker is paused, destroyed or re-addressed), connect-phase-only
-//! retries with the compat backoff, one invocation in flight per worker, a streaming body
-//! limit, deadline vs cancellation.
+//! retries with the compat backoff (cut short when a runtime probe says the worker stopped,
+//! paused or vanished), one invocation in flight per worker, a streaming body limit, deadline
+//! vs cancellation.
 
 mod conn;
 mod response;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,30 +73,42 @@ impl Invoker {
     }
 
     /// Sends `call` to the worker at `addr`, serialised through its `slot`, by `deadline`.
-    pub async fn invoke(
+    /// `probe` is asked (bounded) during a long run of refused connections whether the worker
+    /// can still start listening; an error from it ends the call at once.
+    pub async fn invoke<P, F>(
         &self,
         slot: &Slot,
         addr: SocketAddr,
         call: InvokeCall,
         deadline: Instant,
-    ) -> Result<InvokeReply, ApiError> {
+        probe: &P,
+    ) -> Result<InvokeReply, ApiError>
+    where
+        P: Fn() -> F,
+        F: Future<Output = Result<(), ApiError>>,
+    {
         let mut guard = OutcomeGuard {
             metrics: &self.metrics,
             started: Instant::now(),
             outcome: "cancelled",
         };
-        let res = self.run(slot, addr, call, deadline).await;
+        let res = self.run(slot, addr, call, deadline, probe).await;
         guard.outcome = outcome_of(&res);
         res
     }
 
-    async fn run(
+    async fn run<P, F>(
         &self,
         slot: &Slot,
         addr: SocketAddr,
         call: InvokeCall,
         deadline: Instant,
-    ) -> Result<InvokeReply, ApiError> {
+        probe: &P,
+    ) -> Result<InvokeReply, ApiError>
+    where
+        P: Fn() -> F,
+        F: Future<Output = Result<(), ApiError>>,
+    {
         let deadline = tokio::time::Instant::from_std(deadline);
         let timeout = call.timeout;
         let timeout_msg = || {
@@ -112,7 +126,7 @@ impl Invoker {
         let mut reused = idle.is_some();
         let mut sender = match idle {
             Some(s) => s,
-            None => conn::connect(addr, deadline, &self.metrics).await?,
+            None => conn::connect(addr, deadline, &self.metrics, probe).await?,
         };
         let resp = loop {
             let Some(r) = req.take() else {
@@ -126,7 +140,7 @@ impl Invoker {
             if ready.is_err() && reused {
                 req = Some(r);
                 reused = false;
-                sender = conn::connect(addr, deadline, &self.metrics).await?;
+                sender = conn::connect(addr, deadline, &self.metrics, probe).await?;
                 continue;
             }
             match timeout_at(deadline, sender.try_send_request(r)).await {
@@ -137,7 +151,7 @@ impl Invoker {
                     Some(r) if reused => {
                         req = Some(r);
                         reused = false;
-                        sender = conn::connect(addr, deadline, &self.metrics).await?;
+                        sender = conn::connect(addr, deadline, &self.metrics, probe).await?;
                     }
                     _ => {
                         return Err(ApiError::Unavailable(format!(

@@ -143,21 +143,8 @@ impl Core {
         let entry = self.owned(&call.target).await?;
         // A failed invocation is a use too (SPEC §4).
         self.table.touch(&entry.id);
-        match entry.status {
-            WorkerStatus::Paused => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "container {} is paused; resume it before invoking",
-                    entry.id
-                )));
-            }
-            // A stopped worker never starts listening: no cold-start wait until the deadline.
-            WorkerStatus::Stopped => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "container {} is stopped",
-                    entry.id
-                )));
-            }
-            WorkerStatus::Running | WorkerStatus::Unknown => {}
+        if let Some(e) = not_invocable(&entry.id, entry.status) {
+            return Err(e);
         }
         let addr = entry.addr().ok_or_else(|| {
             ApiError::FailedPrecondition(format!("container {} has no ip address", entry.id))
@@ -166,7 +153,25 @@ impl Core {
         if let Some(d) = grpc_deadline {
             deadline = deadline.min(d);
         }
-        self.invoker.invoke(&entry.slot, addr, call, deadline).await
+        let probe = || self.still_invocable(&entry.id);
+        self.invoker
+            .invoke(&entry.slot, addr, call, deadline, &probe)
+            .await
+    }
+
+    /// Asked while a worker keeps refusing connections: one targeted `inspect` (refreshing the
+    /// table) tells a cold start (running: keep waiting) from a worker that exited, was paused
+    /// or vanished outside the agent (fail now instead of at the deadline).
+    async fn still_invocable(&self, id: &str) -> Result<(), ApiError> {
+        match self.table.reinspect(id).await {
+            Ok(Some(state)) => not_invocable(id, state.status).map_or(Ok(()), Err),
+            Ok(None) => Err(ApiError::NotFound(format!("container {id} not found"))),
+            Err(e) => {
+                // Cannot tell: keep treating it as a cold start.
+                tracing::debug!(container_id = %id, error = %e.chain(), "liveness inspect failed");
+                Ok(())
+            }
+        }
     }
 
     /// Never fails.
@@ -211,6 +216,20 @@ impl Core {
             ("STOPPED", count(WorkerStatus::Stopped)),
             ("UNKNOWN", count(WorkerStatus::Unknown)),
         ]);
+    }
+}
+
+/// Why a worker in `status` cannot be invoked (none for running or unknown).
+fn not_invocable(id: &str, status: WorkerStatus) -> Option<ApiError> {
+    match status {
+        WorkerStatus::Paused => Some(ApiError::FailedPrecondition(format!(
+            "container {id} is paused; resume it before invoking"
+        ))),
+        // A stopped worker never starts listening: no cold-start wait until the deadline.
+        WorkerStatus::Stopped => Some(ApiError::FailedPrecondition(format!(
+            "container {id} is stopped"
+        ))),
+        WorkerStatus::Running | WorkerStatus::Unknown => None,
     }
 }
 

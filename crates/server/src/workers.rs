@@ -149,6 +149,26 @@ impl WorkerTable {
         Ok(inner.entries.get(id).cloned())
     }
 
+    /// Re-reads one worker from the runtime (one `inspect`) and updates its entry; a worker the
+    /// runtime no longer has is dropped (unless re-added after the inspect began).
+    pub async fn reinspect(&self, id: &str) -> Result<Option<WorkerState>, RuntimeError> {
+        let started = Instant::now();
+        let state = self.runtime.inspect(id).await?;
+        let mut inner = self.lock();
+        match &state {
+            Some(s) if !inner.removed_since(id, started) => upsert(&mut inner, s.clone()),
+            Some(_) => {}
+            None => {
+                if inner.entries.get(id).is_some_and(|e| e.seen < started)
+                    && let Some(e) = inner.entries.remove(id)
+                {
+                    e.slot.invalidate();
+                }
+            }
+        }
+        Ok(state)
+    }
+
     /// Merges a full runtime listing taken at `started`: updates every listed worker and
     /// drops entries the runtime no longer has — except those added after the listing began
     /// (a racing Ensure), which the listing could not see.

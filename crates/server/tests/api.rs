@@ -5,6 +5,7 @@ mod api {
     pub mod bad_input;
     pub mod harness;
     pub mod invoke;
+    pub mod liveness;
     pub mod observability;
     pub mod service;
     pub mod tls;

@@ -1,6 +1,8 @@
 //! Per-worker connection slot and the connect phase: a TCP connect we do ourselves, so a
-//! refused connection (cold start) is retried with backoff and nothing else ever is.
+//! refused connection (cold start) is retried with backoff and nothing else ever is. A long run
+//! of refusals asks the runtime (bounded, via a probe) whether the worker can still come up.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,6 +22,10 @@ pub type Sender = SendRequest<Full<Bytes>>;
 /// Cold-start backoff (compat): 100, 200, 400, 800 ms, then 1 s until the deadline.
 const BACKOFF_MS: [u64; 4] = [100, 200, 400, 800];
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Refusals before the first liveness probe (after the 100 + 200 ms steps, ~300 ms).
+const PROBE_AFTER: usize = 2;
+/// At most one liveness probe per this interval.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// One worker's invoke state: the in-flight lock and its idle keep-alive connection.
 #[derive(Debug, Default)]
@@ -70,23 +76,37 @@ fn retryable(e: &std::io::Error) -> bool {
     )
 }
 
-/// Connects to the worker, retrying refused connections with backoff until `deadline`.
-pub async fn connect(
+/// Connects to the worker, retrying refused connections with backoff until `deadline`. Once
+/// refusals have lasted past the first backoff steps, `probe` (at most once a second) may end
+/// the wait early: its error (the worker stopped, paused or gone) is returned as is.
+pub async fn connect<P, F>(
     addr: SocketAddr,
     deadline: Instant,
     metrics: &Metrics,
-) -> Result<Sender, ApiError> {
+    probe: &P,
+) -> Result<Sender, ApiError>
+where
+    P: Fn() -> F,
+    F: Future<Output = Result<(), ApiError>>,
+{
     let expired = || {
         ApiError::DeadlineExceeded(format!(
             "worker {addr} did not accept connections before the deadline"
         ))
     };
     let mut attempt = 0usize;
+    let mut probed: Option<Instant> = None;
     loop {
         let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
             Err(_) => return Err(expired()),
             Ok(Ok(s)) => s,
             Ok(Err(e)) if retryable(&e) => {
+                if attempt >= PROBE_AFTER && probed.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+                    probed = Some(Instant::now());
+                    timeout_at(deadline, probe())
+                        .await
+                        .map_err(|_| expired())??;
+                }
                 let wait = BACKOFF_MS
                     .get(attempt)
                     .map_or(BACKOFF_MAX, |ms| Duration::from_millis(*ms));

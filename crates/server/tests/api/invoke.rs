@@ -109,6 +109,10 @@ async fn cold_start_waits_for_the_worker_to_listen() {
     assert_eq!(resp.status_code, 200);
     assert!(started.elapsed() >= Duration::from_millis(1400));
     assert_eq!(worker.deliveries(), 1);
+    // The worker is running, so liveness inspects only confirm the cold start; they are
+    // bounded (from ~300 ms, at most once a second), not one per connect retry.
+    let inspects = agent.rt.count(esb_runtime::fake::Op::Inspect);
+    assert!((1..=2).contains(&inspects), "{inspects} inspects");
     let (_, text) = agent.scrape("/metrics").await;
     assert!(
         text.contains("esb_agent_invoke_connect_retries_total"),
