@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use esb_proto::v1::agent_service_server::AgentServiceServer;
 use esb_runtime::Runtime;
@@ -268,6 +268,14 @@ async fn gc_loop(core: Arc<Core>, interval: Duration) {
             }
             Err(e) => tracing::warn!(error = %e.chain(), "gc pass failed"),
         }
+        // DESIGN §5: the table is kept fresh by periodic relisting too, so a worker that
+        // exited, was paused or removed outside the agent is known without any RPC.
+        let started = Instant::now();
+        match core.runtime.list().await {
+            Ok(states) => core.table.refresh(&states, started),
+            Err(e) => tracing::warn!(error = %e.chain(), "periodic worker listing failed"),
+        }
+        core.refresh_worker_gauge();
     }
 }
 

@@ -7,6 +7,7 @@ mod api {
     pub mod invoke;
     pub mod liveness;
     pub mod observability;
+    pub mod relist;
     pub mod service;
     pub mod tls;
     pub mod worker;
