@@ -36,6 +36,11 @@ async fn shared_scenarios() {
     scenarios::concurrent_ensures(rt.clone(), &image, 8)
         .await
         .expect("concurrent");
+    scenarios::cancelled_ensure(rt.clone(), &image)
+        .await
+        .expect("cancelled ensure");
+    // Host-side rollback (IPAM, veth, netns) may finish after the worker left `list`.
+    world.eventually_clean().await;
     scenarios::adoption(rt, &image, || async { Ok(runtime(&world).await) })
         .await
         .expect("adoption");

@@ -172,21 +172,37 @@ pub async fn missing_image(rt: Arc<dyn Runtime>, reference: &str) -> anyhow::Res
     Ok(())
 }
 
-/// Ensures dropped at several points leave nothing behind.
+/// Ensures dropped at several points (on the first poll, then after 1 to 100 ms) leave no
+/// managed worker behind, whether the drop came before or after the ensure finished (a
+/// finished one is destroyed, as its caller would). Each drop is checked before the next, so
+/// a detached rollback cannot be masked by a later one.
 pub async fn cancelled_ensure(rt: Arc<dyn Runtime>, image: &str) -> anyhow::Result<()> {
-    for ms in [5, 30, 80, 150, 300] {
-        let _ = tokio::time::timeout(
+    // Shared with the polling closure below, which cannot hold a `&mut` across its futures.
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    for ms in [0, 1, 5, 20, 50, 100] {
+        let finished = tokio::time::timeout(
             Duration::from_millis(ms),
             rt.ensure(request("cancelled", image)),
         )
         .await;
+        if let Ok(Ok(w)) = finished {
+            seen.borrow_mut().insert(w.id.clone());
+            rt.destroy(&w.id).await?;
+        }
+        let what = format!("no managed worker left after a drop at {ms} ms");
+        eventually(&what, Duration::from_secs(10), || async {
+            let list = rt.list().await.ok()?;
+            seen.borrow_mut().extend(list.iter().map(|s| s.id.clone()));
+            list.is_empty().then_some(())
+        })
+        .await;
     }
-    eventually(
-        "cancelled workers removed",
-        Duration::from_secs(30),
-        || async { rt.list().await.ok().filter(|l| l.is_empty()) },
-    )
-    .await;
+    for id in seen.into_inner() {
+        ensure!(
+            rt.inspect(&id).await?.is_none(),
+            "cancelled worker {id} still inspectable"
+        );
+    }
     Ok(())
 }
 
