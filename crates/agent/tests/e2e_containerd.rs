@@ -14,6 +14,7 @@ use esb_proto::v1::{
     InvokeWorkerRequest, ListContainersRequest,
 };
 use esb_testkit::agent::AgentProcess;
+use esb_testkit::ctr::Ctr;
 use tonic::transport::Channel;
 
 const NAMESPACE: &str = "esbte2e";
@@ -85,17 +86,11 @@ impl World {
     }
 
     fn ctr(&self, args: &[&str]) -> Vec<String> {
-        let out = Command::new("ctr")
-            .args(["--address", &self.socket, "-n", NAMESPACE])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        Ctr {
+            socket: Path::new(&self.socket),
+            namespace: NAMESPACE,
+        }
+        .lines(args)
     }
 
     fn entries(&self, p: &str) -> Vec<String> {
@@ -177,29 +172,11 @@ impl World {
         for l in self.ctr(&["leases", "ls", "-q"]) {
             self.ctr(&["leases", "rm", &l]);
         }
-        for i in self.ctr(&["images", "ls", "-q"]) {
-            self.ctr(&["images", "rm", "--sync", &i]);
+        Ctr {
+            socket: Path::new(&self.socket),
+            namespace: NAMESPACE,
         }
-        for _ in 0..10 {
-            let snaps: Vec<String> = self
-                .ctr(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-                .collect();
-            if snaps.is_empty() {
-                break;
-            }
-            for s in snaps {
-                self.ctr(&["snapshots", "rm", &s]);
-            }
-        }
-        for d in self.ctr(&["content", "ls", "-q"]) {
-            self.ctr(&["content", "rm", &d]);
-        }
-        let _ = Command::new("ctr")
-            .args(["--address", &self.socket, "namespaces", "rm", NAMESPACE])
-            .output();
+        .purge_images_and_namespace();
         for m in self.mounts_under_dir().into_iter().rev() {
             let _ = Command::new("umount").arg(&m).output();
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use esb_proto::v1::{DestroyContainerRequest, EnsureContainerRequest, ListContainersRequest};
 use esb_testkit::agent::AgentProcess;
+use esb_testkit::ctr::Ctr;
 
 const NAMESPACE: &str = "esbtperf";
 const BRIDGE: &str = "esbt-pf0";
@@ -42,17 +43,11 @@ fn agent_bin() -> Option<PathBuf> {
 }
 
 fn ctr(socket: &str, args: &[&str]) -> Vec<String> {
-    let out = Command::new("ctr")
-        .args(["--address", socket, "-n", NAMESPACE])
-        .args(args)
-        .output()
-        .expect("ctr");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    Ctr {
+        socket: Path::new(socket),
+        namespace: NAMESPACE,
+    }
+    .lines(args)
 }
 
 /// Removes whatever an earlier, interrupted run left in our namespace and the bridge.
@@ -78,28 +73,11 @@ fn remove_namespace(socket: &str) {
     for l in ctr(socket, &["leases", "ls", "-q"]) {
         ctr(socket, &["leases", "rm", &l]);
     }
-    for i in ctr(socket, &["images", "ls", "-q"]) {
-        ctr(socket, &["images", "rm", "--sync", &i]);
+    Ctr {
+        socket: Path::new(socket),
+        namespace: NAMESPACE,
     }
-    for _ in 0..10 {
-        let snaps: Vec<String> = ctr(socket, &["snapshots", "ls"])
-            .into_iter()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect();
-        if snaps.is_empty() {
-            break;
-        }
-        for s in snaps {
-            ctr(socket, &["snapshots", "rm", &s]);
-        }
-    }
-    for d in ctr(socket, &["content", "ls", "-q"]) {
-        ctr(socket, &["content", "rm", &d]);
-    }
-    let _ = Command::new("ctr")
-        .args(["--address", socket, "namespaces", "rm", NAMESPACE])
-        .output();
+    .purge_images_and_namespace();
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -2,6 +2,7 @@
 //! image (ImageNotFound, nothing left behind), bad references, an unreachable registry, and
 //! policy `always` falling back to the local copy.
 
+#[path = "support/world.rs"]
 mod support;
 
 use esb_runtime::settings::PullPolicy;

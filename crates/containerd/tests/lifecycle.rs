@@ -1,6 +1,7 @@
 //! Real-containerd tests of the worker lifecycle: ensure → invoke → list → pause/resume →
 //! metrics → destroy (twice) → list empty, env override, injected resolv.conf, OOM.
 
+#[path = "support/world.rs"]
 mod support;
 
 use esb_runtime::{Runtime, WorkerStatus};

@@ -2,37 +2,14 @@
 //! outcome and the IPAM count; a failed ensure reports a failed pull and its rollback.
 #![allow(clippy::unwrap_used)] // test code: a poisoned lock is a test failure anyway
 
+#[path = "support/world.rs"]
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use esb_runtime::{ErrorKind, Observer, Phase, PullOutcome, Runtime};
+use esb_runtime::{ErrorKind, Phase, PullOutcome, Runtime};
+use esb_testkit::observe::Recorder;
 use support::World;
-
-/// Records every observation.
-#[derive(Default)]
-struct Recorder {
-    phases: Mutex<Vec<Phase>>,
-    pulls: Mutex<Vec<PullOutcome>>,
-    rollbacks: Mutex<Vec<&'static str>>,
-    ipam: Mutex<Vec<u64>>,
-}
-
-impl Observer for Recorder {
-    fn phase(&self, phase: Phase, _d: Duration) {
-        self.phases.lock().unwrap().push(phase);
-    }
-    fn pull(&self, outcome: PullOutcome) {
-        self.pulls.lock().unwrap().push(outcome);
-    }
-    fn rollback(&self, op: &'static str) {
-        self.rollbacks.lock().unwrap().push(op);
-    }
-    fn ipam_reservations(&self, n: u64) {
-        self.ipam.lock().unwrap().push(n);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_sees_phases_pulls_rollbacks_and_ipam() {

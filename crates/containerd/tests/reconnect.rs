@@ -2,6 +2,7 @@
 //! `connect` retries until the daemon appears, `ping` fails while it is down and recovers
 //! after a restart without building a new runtime.
 
+#[path = "support/world.rs"]
 mod support;
 
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! leaks nothing, GC spares foreign containers, a restarted agent adopts running and paused
 //! workers and cleans up one that died meanwhile, and 20 concurrent ensures.
 
+#[path = "support/world.rs"]
 mod support;
 
 use std::collections::HashSet;

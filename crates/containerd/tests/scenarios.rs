@@ -1,5 +1,6 @@
 //! The backend-agnostic scenarios of esb-testkit run against containerd (parity with Docker).
 
+#[path = "support/world.rs"]
 mod support;
 
 use std::sync::Arc;

@@ -19,7 +19,6 @@ use esb_runtime::settings::{
     CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
 };
 use esb_runtime::{EnsureRequest, Runtime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUNS: usize = 15;
 const BRAND: &str = "esbt-dk-bench";
@@ -333,12 +332,8 @@ async fn invoke(ip: IpAddr) -> anyhow::Result<()> {
 }
 
 async fn invoke_once(ip: IpAddr) -> anyhow::Result<()> {
-    let mut s = tokio::net::TcpStream::connect((ip, 8080)).await?;
-    let req = "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    if !out.starts_with(b"HTTP/1.1 200") {
+    let (status, _) = esb_testkit::http::post(ip, "{}").await?;
+    if status != 200 {
         bail!("bad answer");
     }
     Ok(())

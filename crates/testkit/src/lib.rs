@@ -4,6 +4,9 @@
 
 pub mod agent;
 pub mod client;
+pub mod ctr;
+pub mod http;
+pub mod observe;
 pub mod scenarios;
 
 use std::future::Future;

@@ -9,9 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use esb_runtime::{EnsureRequest, ErrorKind, Runtime, WORKER_PORT, WorkerStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::eventually;
 
@@ -48,23 +47,11 @@ pub async fn invoke(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
 
 /// One POST with `Connection: close`; errors on anything but a 200.
 pub async fn invoke_once(ip: IpAddr, payload: &str) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect((ip, WORKER_PORT)).await?;
-    let req = format!(
-        "POST {INVOKE_PATH} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").context("no http response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "worker answered {}",
-            head.lines().next().unwrap_or_default()
-        );
+    let (status, body) = crate::http::post(ip, payload).await?;
+    if status != 200 {
+        bail!("worker answered {status}");
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 fn kind<T>(r: &esb_runtime::Result<T>) -> Option<ErrorKind> {

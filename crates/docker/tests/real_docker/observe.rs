@@ -1,32 +1,12 @@
 //! The observer sees the ensure phases, pull outcomes and nothing else of note.
 #![allow(clippy::unwrap_used)] // test code: a poisoned lock is a test failure anyway
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use esb_runtime::{ErrorKind, Observer, Phase, PullOutcome, Runtime};
+use esb_runtime::{ErrorKind, Phase, PullOutcome, Runtime};
+use esb_testkit::observe::Recorder;
 
 use crate::support::Ctx;
-
-/// Records every observation.
-#[derive(Default)]
-struct Recorder {
-    phases: Mutex<Vec<Phase>>,
-    pulls: Mutex<Vec<PullOutcome>>,
-    rollbacks: Mutex<Vec<&'static str>>,
-}
-
-impl Observer for Recorder {
-    fn phase(&self, phase: Phase, _d: Duration) {
-        self.phases.lock().unwrap().push(phase);
-    }
-    fn pull(&self, outcome: PullOutcome) {
-        self.pulls.lock().unwrap().push(outcome);
-    }
-    fn rollback(&self, op: &'static str) {
-        self.rollbacks.lock().unwrap().push(op);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_sees_phases_and_pull_outcomes() -> anyhow::Result<()> {

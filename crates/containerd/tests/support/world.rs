@@ -17,7 +17,7 @@ use esb_runtime::settings::{
 };
 use esb_runtime::{EnsureRequest, Runtime};
 use esb_testkit::DevEnv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use esb_testkit::ctr::Ctr;
 
 pub const FUNCTION: &str = "fn-test";
 pub const OWNER: &str = "owner-1";
@@ -108,25 +108,20 @@ impl World {
         }
     }
 
+    /// `ctr` in this test's namespace.
+    pub fn ctr_ns(&self) -> Ctr<'_> {
+        Ctr {
+            socket: &self.containerd.socket,
+            namespace: &self.containerd.namespace,
+        }
+    }
+
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.containerd.socket)
-            .arg("-n")
-            .arg(&self.containerd.namespace)
-            .args(args)
-            .output()
-            .expect("run ctr");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.ctr_ns().run(args)
     }
 
     pub fn ctr_lines(&self, args: &[&str]) -> Vec<String> {
-        self.ctr(args)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        self.ctr_ns().lines(args)
     }
 
     /// Active (container) snapshots: committed image layers are not leaks.
@@ -253,32 +248,7 @@ impl World {
                 self.ctr(&["snapshots", "rm", key]);
             }
         }
-        for i in self.ctr_lines(&["images", "ls", "-q"]) {
-            self.ctr(&["images", "rm", "--sync", &i]);
-        }
-        // Committed layers left without an image (GC needs a trigger): remove leaf-first.
-        for _ in 0..10 {
-            let snaps: Vec<String> = self
-                .ctr_lines(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-                .collect();
-            if snaps.is_empty() {
-                break;
-            }
-            for s in snaps {
-                self.ctr(&["snapshots", "rm", &s]);
-            }
-        }
-        for d in self.ctr_lines(&["content", "ls", "-q"]) {
-            self.ctr(&["content", "rm", &d]);
-        }
-        let _ = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.containerd.socket)
-            .args(["namespaces", "rm", &self.containerd.namespace])
-            .output();
+        self.ctr_ns().purge_images_and_namespace();
         let pins = self.common.state_dir.join("cni/netns");
         for p in self.netns_pins() {
             let path = pins.join(p);
@@ -301,35 +271,7 @@ fn nix_umount(path: &std::path::Path) -> std::io::Result<()> {
     Command::new("umount").arg(path).output().map(|_| ())
 }
 
-/// A plain HTTP/1.1 POST of `body` to the worker's invocation endpoint.
-pub async fn post(ip: IpAddr, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect((ip, 8080)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timeout"))??;
-    let req = format!(
-        "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("read timeout"))??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+pub use esb_testkit::http::post;
 
 /// Posts until the worker answers 200 (it may still be starting).
 pub async fn invoke(ip: IpAddr, body: &str) -> String {
