@@ -4,7 +4,7 @@
 //! shutdown policy; and nothing left behind.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,15 +33,7 @@ struct World {
 
 impl World {
     fn new(env: &esb_testkit::DevEnv) -> Self {
-        // Under the dev dir when there is one, so scripts/check-leftovers sees our mounts.
-        let base = std::env::var_os("ESB_TEST_DEV_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("scratch-agent-e2e-")
-            .tempdir_in(&base)
-            .unwrap();
+        let dir = esb_testkit::agent::scratch_dir("scratch-agent-e2e-").unwrap();
         let w = Self {
             dir,
             socket: env.containerd_socket.clone().unwrap(),

@@ -92,14 +92,7 @@ async fn main() {
     let socket = env.containerd_socket.clone().unwrap();
     let image = env.worker_image.clone().unwrap();
     let registry = env.registry.clone().unwrap();
-    let base = std::env::var_os("ESB_TEST_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("scratch-perf-rss-")
-        .tempdir_in(&base)
-        .unwrap();
+    let dir = esb_testkit::agent::scratch_dir("scratch-perf-rss-").unwrap();
     let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
     cleanup(&socket);
     let (state, conf, net, idf) = (

@@ -14,10 +14,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use esb_docker::DockerRuntime;
-use esb_runtime::identity::Identity;
-use esb_runtime::settings::{
-    CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
-};
+use esb_runtime::settings::{CommonSettings, DockerSettings};
 use esb_runtime::{EnsureRequest, Runtime};
 
 const RUNS: usize = 15;
@@ -31,19 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let host = env.docker_host.clone().context("docker host")?;
     let network = env.docker_network.clone().context("docker network")?;
     let image = env.worker_image.clone().context("worker image")?;
-    let common = CommonSettings {
-        identity: Identity::new(BRAND, "bench"),
-        registry: RegistrySettings {
-            default_registry: env.registry.clone().unwrap_or_default(),
-            insecure: true,
-            ca_path: None,
-            ca_only: false,
-            pull_policy: PullPolicy::IfNotPresent,
-        },
-        worker: WorkerDefaults::default(),
-        state_dir: std::env::temp_dir().join(BRAND),
-        worker_log_max_bytes: 1024 * 1024,
-    };
+    let common =
+        esb_testkit::common_settings(&env, BRAND, "bench", std::env::temp_dir().join(BRAND));
     let settings = DockerSettings {
         host: Some(host.clone()),
         network: network.clone(),

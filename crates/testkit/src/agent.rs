@@ -29,6 +29,16 @@ pub fn logs_dir() -> PathBuf {
     dir
 }
 
+/// A fresh scratch directory named `<prefix>...` under `$ESB_TEST_DEV_DIR` when set (so
+/// scripts/check-leftovers sees mounts made under it), else under the system temp dir.
+pub fn scratch_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("ESB_TEST_DEV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    tempfile::Builder::new().prefix(prefix).tempdir_in(&base)
+}
+
 /// A running agent process.
 pub struct AgentProcess {
     child: Child,

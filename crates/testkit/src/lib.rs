@@ -10,7 +10,11 @@ pub mod observe;
 pub mod scenarios;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use esb_runtime::identity::Identity;
+use esb_runtime::settings::{CommonSettings, PullPolicy, RegistrySettings, WorkerDefaults};
 
 /// Set to `1` by the README's test command and CI: a missing daemon is then a failure, not a
 /// skip.
@@ -87,6 +91,29 @@ pub fn docker() -> Option<DevEnv> {
     require("docker", |e| {
         e.docker_host.is_some() && e.docker_network.is_some() && e.worker_image.is_some()
     })
+}
+
+/// Backend-common settings of a test runtime: identity `brand`/`env_name`, the dev env's plain
+/// HTTP registry as default (insecure, pull if not present), default worker limits, 1 MiB logs.
+pub fn common_settings(
+    env: &DevEnv,
+    brand: &str,
+    env_name: &str,
+    state_dir: PathBuf,
+) -> CommonSettings {
+    CommonSettings {
+        identity: Identity::new(brand, env_name),
+        registry: RegistrySettings {
+            default_registry: env.registry.clone().unwrap_or_default(),
+            insecure: true,
+            ca_path: None,
+            ca_only: false,
+            pull_policy: PullPolicy::IfNotPresent,
+        },
+        worker: WorkerDefaults::default(),
+        state_dir,
+        worker_log_max_bytes: 1024 * 1024,
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

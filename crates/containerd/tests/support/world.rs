@@ -11,10 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use esb_containerd::ContainerdRuntime;
-use esb_runtime::identity::Identity;
-use esb_runtime::settings::{
-    CniSettings, CommonSettings, ContainerdSettings, PullPolicy, RegistrySettings, WorkerDefaults,
-};
+use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
 use esb_runtime::{EnsureRequest, Runtime};
 use esb_testkit::DevEnv;
 use esb_testkit::ctr::Ctr;
@@ -37,19 +34,7 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let brand = format!("esbt-cd-{n}");
         let socket = env.containerd_socket.clone().expect("socket");
-        let common = CommonSettings {
-            identity: Identity::new(brand.clone(), "test"),
-            registry: RegistrySettings {
-                default_registry: env.registry.clone().unwrap_or_default(),
-                insecure: true,
-                ca_path: None,
-                ca_only: false,
-                pull_policy: PullPolicy::IfNotPresent,
-            },
-            worker: WorkerDefaults::default(),
-            state_dir: dir.path().join("state"),
-            worker_log_max_bytes: 1024 * 1024,
-        };
+        let common = esb_testkit::common_settings(&env, &brand, "test", dir.path().join("state"));
         let containerd = ContainerdSettings {
             socket: PathBuf::from(socket),
             runtime: "io.containerd.runc.v2".into(),

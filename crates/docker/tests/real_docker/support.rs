@@ -9,10 +9,7 @@ use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use esb_docker::DockerRuntime;
 use esb_runtime::EnsureRequest;
-use esb_runtime::identity::Identity;
-use esb_runtime::settings::{
-    CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
-};
+use esb_runtime::settings::{CommonSettings, DockerSettings};
 use esb_testkit::DevEnv;
 
 pub use esb_testkit::scenarios::{invoke, invoke_once};
@@ -33,19 +30,8 @@ impl Ctx {
         let brand = format!("esbt-dk-{n}");
         let host = env.docker_host.clone().context("docker host")?;
         let raw = Docker::connect_with_unix(&host, 120, bollard::API_DEFAULT_VERSION)?;
-        let common = CommonSettings {
-            identity: Identity::new(brand.clone(), "test"),
-            registry: RegistrySettings {
-                default_registry: env.registry.clone().unwrap_or_default(),
-                insecure: true,
-                ca_path: None,
-                ca_only: false,
-                pull_policy: PullPolicy::IfNotPresent,
-            },
-            worker: WorkerDefaults::default(),
-            state_dir: std::env::temp_dir().join(&brand),
-            worker_log_max_bytes: 1024 * 1024,
-        };
+        let common =
+            esb_testkit::common_settings(&env, &brand, "test", std::env::temp_dir().join(&brand));
         let docker = DockerSettings {
             host: Some(host),
             network: env.docker_network.clone().context("docker network")?,
