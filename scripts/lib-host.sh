@@ -24,13 +24,15 @@ dev_mounts() {
   findmnt -rn -o TARGET 2>/dev/null | awk -v d="$DEV/" 'index($0, d) == 1' | sort -r
 }
 
-# iptables-save lines (table-prefixed) that mention our test subnets or jump to CNI chains.
+# iptables-save lines (table-prefixed) that mention our test subnets or jump to CNI chains,
+# plus the agent's INPUT firewall rules (comment "esb-agent <network>: ...", SPEC §10).
 our_iptables_rules() {
   [[ "$SHARED_HOST" == 1 ]] && return 0
   command -v iptables-save >/dev/null || return 0
   local t
   for t in filter nat; do
-    iptables-save -t "$t" 2>/dev/null | grep -E '^-A ' | grep -E "$TEST_SUBNET_RE" |
+    iptables-save -t "$t" 2>/dev/null | grep -E '^-A ' |
+      grep -E -e "$TEST_SUBNET_RE" -e '^-A INPUT .*--comment "esb-agent ' |
       sed "s/^/$t /" || true
   done
 }

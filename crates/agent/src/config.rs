@@ -103,10 +103,18 @@ pub fn load(src: &dyn Source) -> Result<Config, ConfigError> {
     let common = common::load(&v, identity.clone())?;
     let server = server::load(&v, &common.state_dir, &mut notes)?;
     let backend = match runtime {
-        "containerd" => Backend::Containerd {
-            containerd: common::containerd(&v, &identity)?,
-            cni: cni::load(&v, &identity, &mut notes)?,
-        },
+        "containerd" => {
+            let mut cni = cni::load(&v, &identity, &mut notes)?;
+            // SPEC §10: workers get no route to the agent's own ports.
+            cni.protected_ports = std::iter::once(server.listen_addr.port())
+                .chain(server.metrics_addr.map(|a| a.port()))
+                .collect();
+            cni.protected_ports.dedup();
+            Backend::Containerd {
+                containerd: common::containerd(&v, &identity)?,
+                cni,
+            }
+        }
         _ => Backend::Docker(common::docker(&v)?),
     };
     Ok(Config {

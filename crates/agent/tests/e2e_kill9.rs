@@ -205,6 +205,16 @@ impl World {
             let _ = Command::new("umount").arg(&m).output();
         }
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+        // The agent keeps its firewall rule across stops (workers may outlive it): drop ours.
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "iptables -w -S INPUT | grep -F -- '-i {BRIDGE} ' | grep -F 'esb-agent ' \
+                 | sed 's/^-A /-D /' | while read -r r; do eval \"iptables -w $r\"; done"
+                ),
+            ])
+            .output();
     }
 }
 

@@ -163,6 +163,7 @@ mod tests {
             net_dir: "/var/lib/cni/networks".into(),
             ip_masq: true,
             identity_file: "/var/lib/cni/esb-cni.env".into(),
+            protected_ports: Vec::new(),
         }
     }
 

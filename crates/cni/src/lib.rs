@@ -8,6 +8,7 @@ mod chain;
 pub mod conflist;
 pub mod error;
 pub mod exec;
+pub mod firewall;
 mod fsutil;
 mod ipam;
 pub mod journal;

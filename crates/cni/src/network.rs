@@ -15,7 +15,7 @@ use crate::error::CniError;
 use crate::exec::{PluginExec, ProcessExec};
 use crate::journal::{AttachState, Attachment, Journal};
 use crate::pool::NetnsPool;
-use crate::{conflist, fsutil, ipam, netns};
+use crate::{conflist, firewall, fsutil, ipam, netns};
 
 mod reconcile;
 
@@ -221,7 +221,29 @@ impl CniNetwork {
                 conflist::identity_file(s).as_bytes(),
                 fsutil::Durability::Durable,
             )?;
+            if !s.protected_ports.is_empty()
+                && let Err(e) = firewall::install(&s.bridge, &s.network_name, &s.protected_ports)
+            {
+                tracing::warn!(
+                    bridge = %s.bridge,
+                    ports = ?s.protected_ports,
+                    error = %e,
+                    "cannot install the firewall rule; workers can reach the agent's ports"
+                );
+            }
             inner.pool.reset()
+        })
+        .await
+    }
+
+    /// Deletes the firewall rule(s) [`CniNetwork::install`] added for this network. Idempotent;
+    /// the rule must stay while workers live, so only a destroy-policy stop should call it.
+    pub async fn remove_firewall(&self) -> Result<(), CniError> {
+        let name = self.inner.settings.network_name.clone();
+        blocking(move || {
+            firewall::remove(&name).map_err(|e| {
+                CniError::io("remove firewall rule", "iptables", std::io::Error::other(e))
+            })
         })
         .await
     }

@@ -53,8 +53,10 @@ impl TestNet {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
+            protected_ports: Vec::new(),
         };
         del_bridge(&settings.bridge);
+        let _ = esb_cni::firewall::remove(&settings.network_name);
         Self { n, dir, settings }
     }
 
@@ -128,6 +130,7 @@ impl Drop for TestNet {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
         del_bridge(&self.settings.bridge);
+        let _ = esb_cni::firewall::remove(&self.settings.network_name);
     }
 }
 
@@ -406,4 +409,76 @@ async fn full_range_is_resource_exhausted() {
     );
     net.detach("w-a").await.expect("detach");
     t.assert_clean();
+}
+
+/// Our firewall rules in `iptables -S INPUT` for `net`.
+fn firewall_rules(net: &str) -> Vec<String> {
+    let comment = esb_cni::firewall::comment(net);
+    let out = Command::new("iptables")
+        .args(["-w", "-S", "INPUT"])
+        .output()
+        .expect("iptables");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&comment))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Connects from inside the netns at `pin` to `ip:port`; returns the error kind on failure.
+fn connect_from_netns(pin: &Path, ip: IpAddr, port: u16) -> Result<(), std::io::ErrorKind> {
+    let ns = std::fs::File::open(pin).expect("open pin");
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(3))
+            .map(drop)
+            .map_err(|e| e.kind())
+    })
+    .join()
+    .expect("connect thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_cannot_reach_protected_ports() {
+    let Some(bin) = plugin_dir() else { return };
+    let mut t = TestNet::new(9, &bin);
+    let protected = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind A");
+    let open = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind B");
+    let (a, b) = (
+        protected.local_addr().expect("A").port(),
+        open.local_addr().expect("B").port(),
+    );
+    // A rule from an "earlier run" with other ports is replaced, not duplicated.
+    t.settings.protected_ports = vec![b];
+    t.network().await;
+    assert_eq!(firewall_rules(&t.settings.network_name).len(), 1);
+    t.settings.protected_ports = vec![a];
+    let net = t.network().await;
+    net.install().await.expect("install twice");
+    let rules = firewall_rules(&t.settings.network_name);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(
+        rules[0].contains(&format!("--dports {a} ")) && rules[0].contains("-i esbt-c9 "),
+        "{rules:?}"
+    );
+
+    let att = net.attach("w-1").await.expect("attach");
+    let gw: IpAddr = "10.199.9.1".parse().expect("gw");
+    assert_eq!(connect_from_netns(&att.netns_path, gw, b), Ok(()));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        connect_from_netns(&att.netns_path, gw, a),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reset, not a timeout"
+    );
+
+    net.detach("w-1").await.expect("detach");
+    net.remove_firewall().await.expect("remove");
+    net.remove_firewall().await.expect("remove twice");
+    assert!(firewall_rules(&t.settings.network_name).is_empty());
+    t.assert_clean();
+    drop((protected, open));
 }

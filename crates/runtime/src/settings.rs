@@ -100,6 +100,9 @@ pub struct CniSettings {
     pub ip_masq: bool,
     /// Where the identity file (`esb-cni.env`) is written.
     pub identity_file: PathBuf,
+    /// The agent's own TCP ports (gRPC, metrics) that workers on the bridge must not reach
+    /// (SPEC §10); empty installs no firewall rule.
+    pub protected_ports: Vec<u16>,
 }
 
 /// containerd settings (SPEC §6, §7).

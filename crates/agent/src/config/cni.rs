@@ -153,6 +153,7 @@ pub fn load(
         net_dir: v.abs_path(env::CNI_NET_DIR, "/var/lib/cni/networks")?,
         ip_masq: v.bool(env::CNI_IP_MASQ, true)?,
         identity_file: v.abs_path(env::CNI_IDENTITY_FILE, "/var/lib/cni/esb-cni.env")?,
+        protected_ports: Vec::new(),
     })
 }
 

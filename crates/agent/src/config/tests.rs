@@ -78,6 +78,9 @@ fn containerd_derives_cni_from_identity() {
     assert_eq!(cni.bridge, "esb-esbefb03b");
     assert_eq!(cni.subnet, "10.184.208.0/23");
     assert_eq!(cni.gateway, "10.184.208.1");
+    let mut ports = vec![c.server.listen_addr.port()];
+    ports.extend(c.server.metrics_addr.map(|a| a.port()));
+    assert_eq!(cni.protected_ports, ports);
     assert_eq!(cni.dns_server, "10.184.208.1");
     assert_eq!(cni.conf_file, dir.path().join("net.d/10-esb-net.conflist"));
     assert!(cni.ip_masq);
