@@ -4,7 +4,6 @@
 //! shutdown policy; and nothing left behind.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,183 +13,20 @@ use esb_proto::v1::{
     InvokeWorkerRequest, ListContainersRequest,
 };
 use esb_testkit::agent::AgentProcess;
-use esb_testkit::ctr::Ctr;
 use tonic::transport::Channel;
 
-const NAMESPACE: &str = "esbte2e";
-const BRIDGE: &str = "esbt-e2e";
-const SUBNET: &str = "10.199.200.0/24";
+#[path = "support/world.rs"]
+mod support;
+use support::{Net, World};
+
+const NET: Net = Net {
+    namespace: "esbte2e",
+    env: "e2e",
+    bridge: "esbt-e2e",
+    subnet: "10.199.200.0/24",
+    scratch_prefix: "scratch-agent-e2e-",
+};
 const OWNER: &str = "owner-e2e";
-
-/// One test world: private dirs, and a cleanup (at start and on drop) of everything the
-/// agent may have created: containerd objects of our namespace, netns pins, the bridge.
-struct World {
-    dir: tempfile::TempDir,
-    socket: String,
-    image: String,
-    registry: String,
-}
-
-impl World {
-    fn new(env: &esb_testkit::DevEnv) -> Self {
-        let dir = esb_testkit::agent::scratch_dir("scratch-agent-e2e-").unwrap();
-        let w = Self {
-            dir,
-            socket: env.containerd_socket.clone().unwrap(),
-            image: env.worker_image.clone().unwrap(),
-            registry: env.registry.clone().unwrap(),
-        };
-        w.cleanup();
-        w
-    }
-
-    fn path(&self, p: &str) -> String {
-        self.dir.path().join(p).to_str().unwrap().to_string()
-    }
-
-    fn spawn(&self, name: &str, policy: &str) -> AgentProcess {
-        let (state, conf, net, idf) = (
-            self.path("state"),
-            self.path("net.d"),
-            self.path("networks"),
-            self.path("esb-cni.env"),
-        );
-        let env = [
-            ("AGENT_RUNTIME", "containerd"),
-            ("ENV", "e2e"),
-            ("ESB_BRAND_SLUG", NAMESPACE),
-            ("CONTAINERD_SOCKET", self.socket.as_str()),
-            ("CONTAINER_REGISTRY", self.registry.as_str()),
-            ("CONTAINER_REGISTRY_INSECURE", "1"),
-            ("AGENT_STATE_DIR", state.as_str()),
-            ("CNI_CONF_DIR", conf.as_str()),
-            ("CNI_NET_DIR", net.as_str()),
-            ("CNI_IDENTITY_FILE", idf.as_str()),
-            ("CNI_BIN_DIR", "/usr/lib/cni"),
-            ("CNI_SUBNET", SUBNET),
-            ("CNI_BRIDGE", BRIDGE),
-            ("CNI_IP_MASQ", "false"),
-            ("AGENT_SHUTDOWN_POLICY", policy),
-            ("AGENT_DRAIN_TIMEOUT", "20s"),
-            ("AGENT_LOG_LEVEL", "info"),
-        ];
-        AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_esb-agent")), name, &env).unwrap()
-    }
-
-    fn ctr(&self, args: &[&str]) -> Vec<String> {
-        Ctr {
-            socket: Path::new(&self.socket),
-            namespace: NAMESPACE,
-        }
-        .lines(args)
-    }
-
-    fn entries(&self, p: &str) -> Vec<String> {
-        std::fs::read_dir(self.dir.path().join(p))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Worker resources still present (empty = clean).
-    fn leftovers(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .ctr(&["tasks", "ls", "-q"])
-            .into_iter()
-            .map(|t| format!("task {t}"))
-            .collect();
-        out.extend(
-            self.ctr(&["containers", "ls", "-q"])
-                .into_iter()
-                .map(|c| format!("container {c}")),
-        );
-        out.extend(
-            self.entries(&format!("networks/{NAMESPACE}-net"))
-                .into_iter()
-                .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
-                .map(|f| format!("ipam {f}")),
-        );
-        out.extend(
-            self.entries("state/cni/netns")
-                .into_iter()
-                .map(|p| format!("netns pin {p}")),
-        );
-        out.extend(
-            self.entries("state/logs")
-                .into_iter()
-                .map(|p| format!("log {p}")),
-        );
-        let veths = Command::new("ip")
-            .args(["-o", "link", "show", "master", BRIDGE])
-            .output()
-            .unwrap();
-        out.extend(
-            String::from_utf8_lossy(&veths.stdout)
-                .lines()
-                .map(|l| format!("veth {l}")),
-        );
-        out
-    }
-
-    fn mounts_under_dir(&self) -> Vec<String> {
-        let root = self.dir.path().to_str().unwrap().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&root))
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn cleanup(&self) {
-        for t in self.ctr(&["tasks", "ls", "-q"]) {
-            self.ctr(&["tasks", "resume", &t]);
-            self.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &t]);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ctr(&["tasks", "ls", "-q"]).is_empty() && Instant::now() < deadline {
-            for t in self.ctr(&["tasks", "ls", "-q"]) {
-                self.ctr(&["tasks", "rm", "-f", &t]);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for c in self.ctr(&["containers", "ls", "-q"]) {
-            self.ctr(&["containers", "rm", &c]);
-        }
-        for l in self.ctr(&["leases", "ls", "-q"]) {
-            self.ctr(&["leases", "rm", &l]);
-        }
-        Ctr {
-            socket: Path::new(&self.socket),
-            namespace: NAMESPACE,
-        }
-        .purge_images_and_namespace();
-        for m in self.mounts_under_dir().into_iter().rev() {
-            let _ = Command::new("umount").arg(&m).output();
-        }
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
-        // The agent keeps its firewall rule across stops (workers may outlive it): drop ours.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "iptables -w -S INPUT | grep -F -- '-i {BRIDGE} ' | grep -F 'esb-agent ' \
-                 | sed 's/^-A /-D /' | while read -r r; do eval \"iptables -w $r\"; done"
-                ),
-            ])
-            .output();
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
 
 async fn ensure(
     c: &mut AgentServiceClient<Channel>,
@@ -253,7 +89,7 @@ async fn agent_binary_end_to_end() {
     let Some(env) = esb_testkit::containerd() else {
         return;
     };
-    let world = World::new(&env);
+    let world = World::new(&env, NET);
     let image = world.image.clone();
 
     // 1. Full lifecycle through agent A (policy keep).
@@ -379,7 +215,7 @@ async fn agent_binary_end_to_end() {
         "{identity}"
     );
     assert!(
-        identity.contains(&format!("CNI_BRIDGE='{BRIDGE}'")),
+        identity.contains(&format!("CNI_BRIDGE='{}'", NET.bridge)),
         "{identity}"
     );
 }

@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
@@ -15,214 +14,20 @@ use esb_proto::v1::{
     InvokeWorkerRequest, ListContainersRequest, PauseContainerRequest, ResumeContainerRequest,
     WorkerInfo,
 };
-use esb_testkit::agent::AgentProcess;
-use esb_testkit::ctr::Ctr;
 use tonic::transport::Channel;
 
-const NAMESPACE: &str = "esbtk9";
-const BRIDGE: &str = "esbt-k9";
-const SUBNET: &str = "10.199.201.0/24";
+#[path = "support/world.rs"]
+mod support;
+use support::{Net, World};
+
+const NET: Net = Net {
+    namespace: "esbtk9",
+    env: "k9",
+    bridge: "esbt-k9",
+    subnet: "10.199.201.0/24",
+    scratch_prefix: "scratch-agent-k9-",
+};
 const OWNER: &str = "owner-k9";
-
-/// Private dirs, and a cleanup (at start and on drop) of everything the agent may have
-/// created: containerd objects of our namespace, mounts under the dir, the bridge.
-struct World {
-    dir: tempfile::TempDir,
-    socket: String,
-    image: String,
-    registry: String,
-}
-
-impl World {
-    fn new(env: &esb_testkit::DevEnv) -> Self {
-        let w = Self {
-            dir: esb_testkit::agent::scratch_dir("scratch-agent-k9-").unwrap(),
-            socket: env.containerd_socket.clone().unwrap(),
-            image: env.worker_image.clone().unwrap(),
-            registry: env.registry.clone().unwrap(),
-        };
-        w.cleanup();
-        w
-    }
-
-    fn path(&self, p: &str) -> String {
-        self.dir.path().join(p).to_str().unwrap().to_string()
-    }
-
-    fn spawn(&self, name: &str) -> AgentProcess {
-        let (state, conf, net, idf) = (
-            self.path("state"),
-            self.path("net.d"),
-            self.path("networks"),
-            self.path("esb-cni.env"),
-        );
-        let env = [
-            ("AGENT_RUNTIME", "containerd"),
-            ("ENV", "k9"),
-            ("ESB_BRAND_SLUG", NAMESPACE),
-            ("CONTAINERD_SOCKET", self.socket.as_str()),
-            ("CONTAINER_REGISTRY", self.registry.as_str()),
-            ("CONTAINER_REGISTRY_INSECURE", "1"),
-            ("AGENT_STATE_DIR", state.as_str()),
-            ("CNI_CONF_DIR", conf.as_str()),
-            ("CNI_NET_DIR", net.as_str()),
-            ("CNI_IDENTITY_FILE", idf.as_str()),
-            ("CNI_BIN_DIR", "/usr/lib/cni"),
-            ("CNI_SUBNET", SUBNET),
-            ("CNI_BRIDGE", BRIDGE),
-            ("CNI_IP_MASQ", "false"),
-            ("AGENT_SHUTDOWN_POLICY", "keep"),
-            ("AGENT_DRAIN_TIMEOUT", "20s"),
-            ("AGENT_LOG_LEVEL", "info"),
-        ];
-        AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_esb-agent")), name, &env).unwrap()
-    }
-
-    fn ctr(&self, args: &[&str]) -> Vec<String> {
-        Ctr {
-            socket: Path::new(&self.socket),
-            namespace: NAMESPACE,
-        }
-        .lines(args)
-    }
-
-    fn entries(&self, p: &str) -> Vec<String> {
-        std::fs::read_dir(self.dir.path().join(p))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// IPAM reservation files (named by IP) of our network.
-    fn ipam(&self) -> Vec<String> {
-        self.entries(&format!("networks/{NAMESPACE}-net"))
-            .into_iter()
-            .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
-            .collect()
-    }
-
-    /// The content of the reservation file of `ip` (host-local writes the owner id in it).
-    fn reservation(&self, ip: &str) -> Option<String> {
-        std::fs::read_to_string(
-            self.dir
-                .path()
-                .join(format!("networks/{NAMESPACE}-net/{ip}")),
-        )
-        .ok()
-    }
-
-    fn pins(&self) -> Vec<String> {
-        self.entries("state/cni/netns")
-    }
-
-    /// Worker resources still present (empty = clean).
-    fn leftovers(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .ctr(&["tasks", "ls", "-q"])
-            .into_iter()
-            .map(|t| format!("task {t}"))
-            .collect();
-        out.extend(
-            self.ctr(&["containers", "ls", "-q"])
-                .into_iter()
-                .map(|c| format!("container {c}")),
-        );
-        // Workers' rootfs snapshots are the active ones (image layers are committed).
-        out.extend(
-            self.ctr(&["snapshots", "ls"])
-                .into_iter()
-                .filter(|l| l.split_whitespace().nth(2) == Some("Active"))
-                .map(|l| format!("snapshot {l}")),
-        );
-        out.extend(self.ipam().into_iter().map(|f| format!("ipam {f}")));
-        out.extend(self.pins().into_iter().map(|p| format!("netns pin {p}")));
-        out.extend(
-            self.entries("state/logs")
-                .into_iter()
-                .map(|p| format!("log {p}")),
-        );
-        let veths = Command::new("ip")
-            .args(["-o", "link", "show", "master", BRIDGE])
-            .output()
-            .unwrap();
-        out.extend(
-            String::from_utf8_lossy(&veths.stdout)
-                .lines()
-                .map(|l| format!("veth {l}")),
-        );
-        out.extend(
-            self.mounts_under_dir()
-                .into_iter()
-                .map(|m| format!("mount {m}")),
-        );
-        out
-    }
-
-    fn mounts_under_dir(&self) -> Vec<String> {
-        let root = self.dir.path().to_str().unwrap().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&root))
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn task_stopped(&self, id: &str) -> bool {
-        self.ctr(&["tasks", "ls"])
-            .iter()
-            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-    }
-
-    fn cleanup(&self) {
-        for t in self.ctr(&["tasks", "ls", "-q"]) {
-            self.ctr(&["tasks", "resume", &t]);
-            self.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &t]);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ctr(&["tasks", "ls", "-q"]).is_empty() && Instant::now() < deadline {
-            for t in self.ctr(&["tasks", "ls", "-q"]) {
-                self.ctr(&["tasks", "rm", "-f", &t]);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for c in self.ctr(&["containers", "ls", "-q"]) {
-            self.ctr(&["containers", "rm", &c]);
-        }
-        for l in self.ctr(&["leases", "ls", "-q"]) {
-            self.ctr(&["leases", "rm", &l]);
-        }
-        Ctr {
-            socket: Path::new(&self.socket),
-            namespace: NAMESPACE,
-        }
-        .purge_images_and_namespace();
-        for m in self.mounts_under_dir().into_iter().rev() {
-            let _ = Command::new("umount").arg(&m).output();
-        }
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
-        // The agent keeps its firewall rule across stops (workers may outlive it): drop ours.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "iptables -w -S INPUT | grep -F -- '-i {BRIDGE} ' | grep -F 'esb-agent ' \
-                 | sed 's/^-A /-D /' | while read -r r; do eval \"iptables -w $r\"; done"
-                ),
-            ])
-            .output();
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
 
 async fn ensure(c: &mut AgentServiceClient<Channel>, image: &str, function: &str) -> WorkerInfo {
     c.ensure_container(EnsureContainerRequest {
@@ -283,11 +88,11 @@ async fn kill9_agent_then_restart_adopts_and_cleans_up() {
     let Some(env) = esb_testkit::containerd() else {
         return;
     };
-    let world = World::new(&env);
+    let world = World::new(&env, NET);
     let image = world.image.clone();
 
     // 1. Agent A: three workers, w2 paused.
-    let mut a = world.spawn("e2e-kill9-a");
+    let mut a = world.spawn("e2e-kill9-a", "keep");
     let mut c = a.client(Duration::from_secs(30)).await.unwrap();
     let w1 = ensure(&mut c, &image, "k9-one").await;
     let w2 = ensure(&mut c, &image, "k9-two").await;
@@ -335,7 +140,7 @@ async fn kill9_agent_then_restart_adopts_and_cleans_up() {
     .await;
 
     // 4. Agent B on the same state dir adopts w1 (running) and w2 (paused).
-    let mut b = world.spawn("e2e-kill9-b");
+    let mut b = world.spawn("e2e-kill9-b", "keep");
     let mut c = b.client(Duration::from_secs(30)).await.unwrap();
     let after = list(&mut c).await;
     let got: Vec<(String, String)> = after
