@@ -82,6 +82,28 @@ pub trait Runtime: Send + Sync + 'static {
     /// What this backend supports; static after start-up.
     fn capabilities(&self) -> RuntimeCapabilities;
 
+    /// An opaque, monotonic cursor into the worker's combined stdout/stderr log: what the
+    /// worker has written so far. Take one before an invocation and pass it to
+    /// [`Runtime::read_log`] afterwards to get what that invocation printed. It stays valid
+    /// when the bounded log drops old bytes (containerd: bytes written since the worker
+    /// started; Docker: a timestamp). Default: `Unimplemented`.
+    async fn log_position(&self, _id: &str) -> Result<u64> {
+        Err(RuntimeError::new(
+            ErrorKind::Unimplemented,
+            "worker logs not implemented by this backend",
+        ))
+    }
+
+    /// At most the last `max_bytes` of what the worker wrote to stdout/stderr after `since`
+    /// (a [`Runtime::log_position`] cursor; `None` = everything still kept). Bytes dropped by
+    /// the log bound are simply missing. Default: `Unimplemented`.
+    async fn read_log(&self, _id: &str, _since: Option<u64>, _max_bytes: usize) -> Result<Vec<u8>> {
+        Err(RuntimeError::new(
+            ErrorKind::Unimplemented,
+            "worker logs not implemented by this backend",
+        ))
+    }
+
     /// Installs the observer for metrics; called once at start-up. Later calls may be
     /// ignored. The default discards it (a backend with nothing to report).
     fn set_observer(&self, _observer: std::sync::Arc<dyn Observer>) {}
