@@ -34,6 +34,7 @@ impl AgentService for Grpc {
         let ctx = ctx(&request);
         let req = convert::ensure_request(request.into_inner())?;
         ctx.set_owner(&req.owner_id);
+        ctx.authorize(&req.owner_id)?;
         let worker = self.core.ensure(req).await?;
         ctx.set_container(&worker.id);
         Ok(Response::new(convert::worker_info(&worker)))
@@ -47,6 +48,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         let success = self.core.destroy(t).await?;
         Ok(Response::new(v1::DestroyContainerResponse { success }))
     }
@@ -59,6 +61,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         self.core.pause(t).await?;
         Ok(Response::new(v1::PauseContainerResponse { success: true }))
     }
@@ -71,6 +74,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         self.core.resume(t).await?;
         Ok(Response::new(v1::ResumeContainerResponse { success: true }))
     }
@@ -82,6 +86,7 @@ impl AgentService for Grpc {
         let ctx = ctx(&request);
         let owner = convert::owner(&request.get_ref().owner_id)?;
         ctx.set_owner(&owner);
+        ctx.authorize(&owner)?;
         let listed = self.core.list(&owner).await?;
         Ok(Response::new(convert::list_response(listed)))
     }
@@ -94,6 +99,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         let m = self.core.metrics(t).await?;
         Ok(Response::new(convert::container_metrics(m)))
     }
@@ -112,6 +118,7 @@ impl AgentService for Grpc {
         let default = self.core.invoker.settings().default_timeout;
         let call = convert::invoke_request(request.into_inner(), default)?;
         ctx.set_target(&call.target);
+        ctx.authorize(&call.target.owner_id)?;
         let reply = self.core.invoke(call, grpc_deadline).await?;
         Ok(Response::new(convert::invoke_response(reply)))
     }

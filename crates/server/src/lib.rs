@@ -4,6 +4,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod authz;
 pub mod convert;
 pub mod error;
 mod grpc;

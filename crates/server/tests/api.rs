@@ -7,8 +7,11 @@ mod api {
     pub mod invoke;
     pub mod liveness;
     pub mod observability;
+    pub mod pki;
     pub mod relist;
     pub mod service;
     pub mod tls;
+    pub mod tls_owner;
+    pub mod tls_reload;
     pub mod worker;
 }

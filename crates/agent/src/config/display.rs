@@ -27,22 +27,42 @@ pub fn render(c: &Config) -> String {
         TlsSettings::Disabled => {
             rows.push(("server.tls", "DISABLED (plaintext, insecure)".to_string()))
         }
-        TlsSettings::Mutual {
-            cert_path,
-            key_path,
-            client_ca_path,
-            allowed_client_identities,
-        } => {
+        TlsSettings::Mutual(m) => {
             rows.push(("server.tls", "mutual".to_string()));
-            rows.push(("server.tls.cert_path", cert_path.display().to_string()));
-            rows.push(("server.tls.key_path", key_path.display().to_string()));
+            rows.push(("server.tls.cert_path", m.cert_path.display().to_string()));
+            rows.push(("server.tls.key_path", m.key_path.display().to_string()));
             rows.push((
                 "server.tls.client_ca_path",
-                client_ca_path.display().to_string(),
+                m.client_ca_path.display().to_string(),
+            ));
+            rows.push((
+                "server.tls.crl_path",
+                m.crl_path
+                    .as_ref()
+                    .map_or("<none>".to_string(), |p| p.display().to_string()),
             ));
             rows.push((
                 "server.tls.allowed_clients",
-                list(allowed_client_identities),
+                if !m.allowed_client_identities.is_empty() {
+                    list(&m.allowed_client_identities)
+                } else if !m.owner_map.is_empty() {
+                    "the identities of client_owner_map".to_string()
+                } else {
+                    "any certificate of the CA (waived)".to_string()
+                },
+            ));
+            rows.push((
+                "server.tls.client_owner_map",
+                if m.owner_map.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    m.owner_map.to_string()
+                },
+            ));
+            rows.push((
+                "server.tls.reload_interval",
+                m.reload_interval
+                    .map_or("off (SIGHUP only)".to_string(), format_duration),
             ));
         }
     }

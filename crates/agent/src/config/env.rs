@@ -38,7 +38,11 @@ settings! {
     AGENT_GRPC_CERT_PATH = "AGENT_GRPC_CERT_PATH", "grpc-cert-path", false, "Server certificate (PEM)";
     AGENT_GRPC_KEY_PATH = "AGENT_GRPC_KEY_PATH", "grpc-key-path", false, "Server private key (PEM)";
     AGENT_GRPC_CA_CERT_PATH = "AGENT_GRPC_CA_CERT_PATH", "grpc-ca-cert-path", false, "CA that client certificates must chain to";
-    AGENT_GRPC_ALLOWED_CLIENTS = "AGENT_GRPC_ALLOWED_CLIENTS", "grpc-allowed-clients", false, "Comma-separated client identities (SAN or CN) allowed to call";
+    AGENT_GRPC_ALLOWED_CLIENTS = "AGENT_GRPC_ALLOWED_CLIENTS", "grpc-allowed-clients", false, "Comma-separated client identities (DNS/URI SAN; CN only without such SANs) allowed to call";
+    AGENT_CLIENT_OWNER_MAP = "AGENT_CLIENT_OWNER_MAP", "client-owner-map", false, "Client identity to allowed owner ids: id=owner|prefix*,id2=*";
+    AGENT_GRPC_ALLOW_ANY_CLIENT_CERT = "AGENT_GRPC_ALLOW_ANY_CLIENT_CERT", "grpc-allow-any-client-cert", false, "1/true admits any certificate of the CA (no allow-list)";
+    AGENT_GRPC_CRL_PATH = "AGENT_GRPC_CRL_PATH", "grpc-crl-path", false, "PEM CRLs checked for client certificates";
+    AGENT_GRPC_TLS_RELOAD_INTERVAL = "AGENT_GRPC_TLS_RELOAD_INTERVAL", "grpc-tls-reload-interval", false, "Period of the TLS file change check (off = SIGHUP only)";
     AGENT_AUTH_TOKEN = "AGENT_AUTH_TOKEN", "auth-token", true, "Bearer token required from callers (secret)";
     AGENT_AUTH_TOKEN_FILE = "AGENT_AUTH_TOKEN_FILE", "auth-token-file", false, "File holding the bearer token";
     AGENT_GRPC_REFLECTION = "AGENT_GRPC_REFLECTION", "grpc-reflection", false, "1/true enables gRPC reflection";
