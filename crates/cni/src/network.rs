@@ -334,9 +334,23 @@ impl CniNetwork {
     /// and pins without a journal entry. Ids with an attach/detach in flight are skipped.
     /// Returns the number of released resources.
     pub async fn reconcile(&self, live: &HashSet<String>) -> Result<u64, CniError> {
+        self.reconcile_with(live, &HashSet::new()).await
+    }
+
+    /// [`reconcile`](Self::reconcile) on an IPAM store other agents may share (review M5: two
+    /// ENVs of one brand use one network): a reservation whose owner is not in this journal is
+    /// released only when the owner is not in `runtime_ids` (every container id the runtime
+    /// knows, any ENV) and the reservation is older than any attach could take — so another
+    /// agent's worker, live or being created, keeps its IP.
+    pub async fn reconcile_with(
+        &self,
+        live: &HashSet<String>,
+        runtime_ids: &HashSet<String>,
+    ) -> Result<u64, CniError> {
         let inner = self.inner.clone();
         let live = live.clone();
-        detached(async move { reconcile::reconcile(&inner, &live).await }).await
+        let runtime_ids = runtime_ids.clone();
+        detached(async move { reconcile::reconcile(&inner, &live, &runtime_ids).await }).await
     }
 }
 
@@ -500,7 +514,7 @@ async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
     let ifname = a.ifname.clone();
     blocking(move || {
         if failed {
-            ipam::release_where(&ipam_dir, |o| o == owner)?;
+            ipam::release_where(&ipam_dir, |r| r.owner == owner)?;
         }
         if failed || netns_gone {
             // The plugin skips its macspoofchk teardown without a netns (or failed midway).

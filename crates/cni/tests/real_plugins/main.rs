@@ -311,6 +311,7 @@ async fn reconcile_releases_only_unowned() {
     // A reservation nobody journaled (e.g. the agent died inside ADD long ago) and a stray pin.
     let store = t.settings.net_dir.join(&t.settings.network_name);
     std::fs::write(store.join("10.199.3.200"), "ghost\r\neth0").expect("stray ipam");
+    backdate(&store.join("10.199.3.200"));
     std::fs::write(t.state().join("cni/netns/stray"), b"").expect("stray pin");
 
     // A restarted agent reconciles against its journal and the host state.
@@ -449,4 +450,67 @@ fn spoofchk_rules(id: &str) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Makes a reservation look older than reconcile's grace for owners outside its journal.
+fn backdate(path: &Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(old))
+        .expect("backdate");
+}
+
+/// Review M5: two ENVs of one brand share the network (IPAM store, bridge). One agent's
+/// reconcile must not release the other's reservations, old or fresh; only an old reservation
+/// nobody knows goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_spares_other_envs_reservations() {
+    let Some(bin) = plugin_dir() else { return };
+    let t = TestNet::new(72, &bin);
+    let dev = t.network().await;
+    let stage =
+        CniNetwork::new(t.settings.clone(), &t.dir.path().join("stage-state")).expect("second env");
+    stage.install().await.expect("install stage");
+    let mine = dev.attach("esb-dev-fn-1").await.expect("attach dev");
+    let theirs = stage.attach("esb-stage-fn-1").await.expect("attach stage");
+    let store = t.settings.net_dir.join(&t.settings.network_name);
+    let their_ip = theirs.ip.expect("ip").to_string();
+    backdate(&store.join(&their_ip));
+    // Another ENV's Ensure between ADD and container creation: fresh and unknown to containerd.
+    std::fs::write(store.join("10.199.72.201"), "esb-stage-fn-2\r\neth0").expect("fresh");
+    // Left by nobody alive, long ago.
+    std::fs::write(store.join("10.199.72.202"), "esb-dev-fn-ghost\r\neth0").expect("ghost");
+    backdate(&store.join("10.199.72.202"));
+
+    let dev = CniNetwork::new(t.settings.clone(), &t.state()).expect("restarted dev agent");
+    let live: HashSet<String> = ["esb-dev-fn-1".to_string()].into();
+    let runtime: HashSet<String> =
+        ["esb-dev-fn-1".to_string(), "esb-stage-fn-1".to_string()].into();
+    assert_eq!(
+        dev.reconcile_with(&live, &runtime)
+            .await
+            .expect("reconcile"),
+        1
+    );
+    let mut left = t.ipam_files();
+    left.sort();
+    let mut want = vec![
+        mine.ip.expect("ip").to_string(),
+        their_ip.clone(),
+        "10.199.72.201".to_string(),
+    ];
+    want.sort();
+    assert_eq!(left, want, "only the old unknown reservation went");
+    // The other ENV's worker is untouched and still reachable.
+    let ip = theirs.ip.expect("ip");
+    let server = serve_in_netns(&theirs.netns_path, ip, 8080);
+    assert_eq!(fetch(ip, 8080), "hello");
+    server.join().expect("server");
+
+    std::fs::remove_file(store.join("10.199.72.201")).expect("rm fresh");
+    dev.detach("esb-dev-fn-1").await.expect("detach dev");
+    stage.detach("esb-stage-fn-1").await.expect("detach stage");
+    t.assert_clean();
 }
