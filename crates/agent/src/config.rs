@@ -112,7 +112,7 @@ pub fn load(src: &dyn Source) -> Result<Config, ConfigError> {
                 cni,
             }
         }
-        _ => Backend::Docker(common::docker(&v)?),
+        _ => Backend::Docker(common::docker(&v, &identity)?),
     };
     Ok(Config {
         server,

@@ -26,7 +26,9 @@ pub struct Plan {
     /// Worker subnet (CIDR); only named in the comment (sweeps recognise test networks by it).
     pub subnet: String,
     pub gateway: IpAddr,
-    pub dns_server: IpAddr,
+    /// The workers' nameserver when it is reached through the node (`None`: Docker's embedded
+    /// DNS inside the container).
+    pub dns_server: Option<IpAddr>,
     pub deny_cidrs: Vec<String>,
     pub egress: bool,
 }
@@ -80,8 +82,8 @@ pub fn restore_text(plan: &Plan) -> String {
         })
     };
     out.push(format!("-A {input} {established}"));
-    if plan.dns_server == plan.gateway {
-        out.extend(dns(&input, plan.dns_server));
+    if plan.dns_server == Some(plan.gateway) {
+        out.extend(dns(&input, plan.gateway));
     }
     out.push(format!(
         "-A {input} -p tcp -j REJECT --reject-with tcp-reset"
@@ -91,8 +93,8 @@ pub fn restore_text(plan: &Plan) -> String {
     ));
     out.push(format!("-A {forward} {established}"));
     out.push(format!("-A {forward} -o {} -j DROP", plan.bridge));
-    if plan.dns_server != plan.gateway {
-        out.extend(dns(&forward, plan.dns_server));
+    if let Some(server) = plan.dns_server.filter(|d| *d != plan.gateway) {
+        out.extend(dns(&forward, server));
     }
     for cidr in &plan.deny_cidrs {
         out.push(format!("-A {forward} -d {cidr} -j DROP"));
@@ -356,7 +358,7 @@ mod tests {
             bridge: "esb0".into(),
             subnet: "10.184.208.0/23".into(),
             gateway: "10.184.208.1".parse().expect("ip"),
-            dns_server: "10.184.208.1".parse().expect("ip"),
+            dns_server: Some("10.184.208.1".parse().expect("ip")),
             deny_cidrs: vec!["169.254.0.0/16".into()],
             egress: true,
         }
@@ -393,7 +395,7 @@ mod tests {
     #[test]
     fn dns_elsewhere_and_no_egress() {
         let p = Plan {
-            dns_server: "192.0.2.53".parse().expect("ip"),
+            dns_server: Some("192.0.2.53".parse().expect("ip")),
             egress: false,
             deny_cidrs: vec!["169.254.0.0/16".into(), "10.0.0.0/8".into()],
             ..plan()

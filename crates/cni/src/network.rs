@@ -362,7 +362,7 @@ fn firewall_plan(s: &CniSettings) -> Option<firewall::Plan> {
         bridge: s.bridge.clone(),
         subnet: s.subnet.clone(),
         gateway: s.gateway.trim().parse().ok()?,
-        dns_server: s.dns_server.trim().parse().ok()?,
+        dns_server: Some(s.dns_server.trim().parse().ok()?),
         deny_cidrs: fw.deny_cidrs.clone(),
         egress: fw.egress,
     })

@@ -136,6 +136,8 @@ pub struct DockerSettings {
     pub host: Option<String>,
     /// Network workers join (`CONTAINERS_NETWORK`).
     pub network: String,
+    /// Worker isolation on the network's Linux bridge (local Engine, bridge driver only).
+    pub firewall: Option<WorkerFirewall>,
 }
 
 /// Settings shared by every backend.

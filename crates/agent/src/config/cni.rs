@@ -153,15 +153,19 @@ pub fn load(
         net_dir: v.abs_path(env::CNI_NET_DIR, "/var/lib/cni/networks")?,
         ip_masq: v.bool(env::CNI_IP_MASQ, true)?,
         identity_file: v.abs_path(env::CNI_IDENTITY_FILE, "/var/lib/cni/esb-cni.env")?,
-        firewall: Some(worker_firewall(v, identity)?),
+        firewall: Some(worker_firewall(v, identity, &identity.cni_network_name())?),
     })
 }
 
 /// Default `AGENT_WORKER_DENY_CIDRS`: link-local, home of cloud metadata services.
 pub const DEFAULT_DENY_CIDRS: &str = "169.254.0.0/16";
 
-/// The worker firewall (review H5), scoped to this network and ENV (M5).
-pub fn worker_firewall(v: &Vars<'_>, identity: &Identity) -> Result<WorkerFirewall, ConfigError> {
+/// The worker firewall (review H5), scoped to the workers' `network` and ENV (M5).
+pub fn worker_firewall(
+    v: &Vars<'_>,
+    identity: &Identity,
+    network: &str,
+) -> Result<WorkerFirewall, ConfigError> {
     let raw = v.string(env::AGENT_WORKER_DENY_CIDRS, DEFAULT_DENY_CIDRS)?;
     let mut deny_cidrs = Vec::new();
     if !raw.trim().eq_ignore_ascii_case("none") {
@@ -182,7 +186,7 @@ pub fn worker_firewall(v: &Vars<'_>, identity: &Identity) -> Result<WorkerFirewa
         &[("all", true), ("none", false)],
     )?;
     Ok(WorkerFirewall {
-        scope: format!("{}/{}", identity.cni_network_name(), identity.env()),
+        scope: format!("{network}/{}", identity.env()),
         deny_cidrs,
         egress,
     })
