@@ -15,7 +15,7 @@ pub mod journal;
 mod netns;
 mod network;
 mod pool;
-mod spoofchk;
+pub mod spoofchk;
 
 pub use error::CniError;
 pub use journal::{AttachState, Attachment};

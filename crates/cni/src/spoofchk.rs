@@ -36,7 +36,7 @@ pub(crate) fn rule_handles(listing: &str, uid: &str) -> Vec<String> {
 }
 
 /// Removes the attachment's spoof-check jump rules and chains. Returns how many rules went.
-pub(crate) fn teardown(container_id: &str, ifname: &str) -> usize {
+pub fn teardown(container_id: &str, ifname: &str) -> usize {
     let uid = unique_id(container_id, ifname);
     let Some(listing) = nft(&["-a", "list", "chain", "bridge", "nat", "PREROUTING"]) else {
         return 0;

@@ -1,7 +1,8 @@
 //! Worker isolation (review H5, M5) with the real plugins and iptables: networks `esbt-c70`
 //! (firewalled, two workers) and `esbt-c71` (a neighbour network standing in for "another
 //! network the node can route to"). Traffic only goes to namespaces and addresses these tests
-//! create.
+//! create. Container ids are unique across the suite: the plugin's macspoofchk nftables chains
+//! are named after them, host-wide.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -96,10 +97,10 @@ async fn workers_are_isolated_from_each_other_the_node_and_denied_networks() {
         "DNS to the gateway allowed: {input_rules:?}"
     );
 
-    let a = net.attach("w-a").await.expect("attach a");
-    let b = net.attach("w-b").await.expect("attach b");
+    let a = net.attach("iso-a").await.expect("attach a");
+    let b = net.attach("iso-b").await.expect("attach b");
     let c_net = neighbour.network().await;
-    let c = c_net.attach("w-c").await.expect("attach c");
+    let c = c_net.attach("iso-c").await.expect("attach c");
     let (ip_b, ip_c) = (b.ip.expect("ip"), c.ip.expect("ip"));
 
     // Bridge port isolation on every worker port; IPv6 only on loopback inside the worker.
@@ -174,6 +175,29 @@ async fn workers_are_isolated_from_each_other_the_node_and_denied_networks() {
     assert_eq!(fetch(ip_c, 8080), "hello", "the node still reaches C");
     server_c.join().expect("server c");
 
+    // macspoofchk: once A claims another MAC its frames are dropped at the bridge, so the
+    // reset the node sent a moment ago never comes (a timeout instead).
+    let gw_port = on_gw.local_addr().expect("addr").port();
+    let spoof = Command::new("nsenter")
+        .arg(format!("--net={}", a.netns_path.display()))
+        .args([
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "address",
+            "02:00:00:00:00:99",
+        ])
+        .status()
+        .expect("nsenter");
+    assert!(spoof.success(), "change A's MAC");
+    assert_eq!(
+        connect_from_netns(&a.netns_path, gw, gw_port),
+        Err(std::io::ErrorKind::TimedOut),
+        "frames with a spoofed source MAC must not reach the node"
+    );
+
     // Another ENV on the same bridge gets its own chains; removing ours leaves them (M5).
     let other_scope = "esbt-c70-net/other";
     let mut other = t.settings.clone();
@@ -199,12 +223,12 @@ async fn workers_are_isolated_from_each_other_the_node_and_denied_networks() {
     assert!(rules_with("INPUT", "-i esbt-c70 ").is_empty());
     assert!(rules_with("FORWARD", "-i esbt-c70 ").is_empty());
 
-    net.detach("w-a").await.expect("detach a");
-    net.detach("w-b").await.expect("detach b");
-    c_net.detach("w-c").await.expect("detach c");
+    net.detach("iso-a").await.expect("detach a");
+    net.detach("iso-b").await.expect("detach b");
+    c_net.detach("iso-c").await.expect("detach c");
     t.assert_clean();
     neighbour.assert_clean();
-    for id in ["w-a", "w-b", "w-c"] {
+    for id in ["iso-a", "iso-b", "iso-c"] {
         assert!(
             spoofchk_rules(id).is_empty(),
             "macspoofchk rules of {id} left"

@@ -127,8 +127,10 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         for pin in self.pins() {
-            let p = self.state().join("cni/netns").join(pin);
+            let p = self.state().join("cni/netns").join(&pin);
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            // A failed test skips DEL: drop the plugin's host-wide spoof-check rules too.
+            esb_cni::spoofchk::teardown(&pin, "eth0");
         }
         del_bridge(&self.settings.bridge);
         let _ = esb_cni::firewall::remove(&scope(self.n));
