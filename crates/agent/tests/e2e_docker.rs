@@ -27,9 +27,11 @@ const BRAND: &str = "esbtdke2e";
 const OWNER: &str = "owner-e2e";
 const TOKEN: &str = "e2e-token-0123456789";
 
-/// Removes every container of our brand from the private dockerd (at start and on drop).
+/// Removes every container of our brand from the private dockerd and the agent's worker
+/// firewall for our network+ENV (kept by the keep policy) at start and on drop.
 struct Cleanup {
     host: String,
+    network: String,
 }
 
 impl Cleanup {
@@ -57,6 +59,19 @@ impl Cleanup {
                 .args(["-H", &self.host, "rm", "-f", &id])
                 .output();
         }
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "for c in INPUT FORWARD; do iptables -w -S $c \
+                 | grep -F -- '--comment \"esb-agent {}/e2e ' | while read -r r; do \
+                 t=$(echo \"$r\" | sed -n 's/.*-j \\(ESB[IF]-[0-9a-f]*\\).*/\\1/p'); \
+                 eval \"iptables -w $(echo \"$r\" | sed 's/^-A /-D /')\"; \
+                 [ -n \"$t\" ] && iptables -w -F $t && iptables -w -X $t; done; done",
+                    self.network
+                ),
+            ])
+            .output();
     }
 }
 
@@ -219,7 +234,10 @@ async fn agent_binary_docker_mtls_token() {
     let host = env.docker_host.clone().unwrap();
     let network = env.docker_network.clone().unwrap();
     let image = env.worker_image.clone().unwrap();
-    let cleanup = Cleanup { host: host.clone() };
+    let cleanup = Cleanup {
+        host: host.clone(),
+        network: network.clone(),
+    };
     cleanup.run();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());

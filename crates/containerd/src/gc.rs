@@ -11,7 +11,9 @@ use esb_runtime::{GcReport, RuntimeError, WorkerState, WorkerStatus};
 use tokio_stream::StreamExt;
 
 use crate::client::status_err;
-use crate::list::{get_task, managed_containers, managed_filter, status_of, to_state};
+use crate::list::{
+    all_container_ids, get_task, managed_containers, managed_filter, status_of, to_state,
+};
 use crate::{Inner, destroy};
 
 pub(crate) async fn gc(inner: &Arc<Inner>) -> Result<GcReport, RuntimeError> {
@@ -78,9 +80,16 @@ async fn sweep(inner: &Arc<Inner>) -> Result<(GcReport, Vec<WorkerState>), Runti
     if let Ok(set) = inner.creating.lock() {
         keep.extend(set.iter().cloned());
     }
-    match inner.cni.reconcile(&keep).await {
-        Ok(n) => report.released_resources += n,
-        Err(e) => report.errors.push(format!("cni reconcile: {e}")),
+    // Asked after the gate: a container another ENV creates from here on reserves its IP
+    // less than FOREIGN_GRACE before reconcile looks, so it is safe either way.
+    match all_container_ids(inner).await {
+        Ok(runtime_ids) => match inner.cni.reconcile_with(&keep, &runtime_ids).await {
+            Ok(n) => report.released_resources += n,
+            Err(e) => report.errors.push(format!("cni reconcile: {e}")),
+        },
+        Err(e) => report
+            .errors
+            .push(format!("cni reconcile skipped: {}", e.chain())),
     }
     match orphan_snapshots(inner, &keep).await {
         Ok(n) => report.released_resources += n,

@@ -166,6 +166,10 @@ impl Runtime for ContainerdRuntime {
         capabilities::ping(&self.inner.client).await
     }
 
+    async fn release_node_resources(&self) -> Result<()> {
+        Ok(self.inner.cni.remove_firewall().await?)
+    }
+
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
     }

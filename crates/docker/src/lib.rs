@@ -8,6 +8,7 @@ mod convert;
 mod destroy;
 mod ensure;
 mod error;
+mod firewall;
 mod gc;
 mod image;
 mod known;
@@ -53,6 +54,7 @@ impl DockerRuntime {
     ) -> Result<Self, RuntimeError> {
         let client = connect::connect(docker.host.as_deref()).await?;
         let caps = capabilities::probe(&client, &common, &docker).await;
+        firewall::install(&client, &docker).await;
         Ok(Self {
             inner: Arc::new(Inner {
                 docker: client,
@@ -113,6 +115,12 @@ impl Runtime for DockerRuntime {
 
     async fn ping(&self) -> Result<()> {
         connect::ping(&self.inner.docker).await
+    }
+
+    async fn release_node_resources(&self) -> Result<()> {
+        firewall::remove(&self.inner.settings)
+            .await
+            .map_err(|e| RuntimeError::internal(format!("remove worker firewall: {e}")))
     }
 
     fn capabilities(&self) -> RuntimeCapabilities {

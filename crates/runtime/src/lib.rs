@@ -104,6 +104,13 @@ pub trait Runtime: Send + Sync + 'static {
         ))
     }
 
+    /// Removes node-wide state the backend installed for its workers (the worker firewall),
+    /// after every worker is gone: the destroy shutdown policy calls it. Idempotent. Default:
+    /// nothing to remove.
+    async fn release_node_resources(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Installs the observer for metrics; called once at start-up. Later calls may be
     /// ignored. The default discards it (a backend with nothing to report).
     fn set_observer(&self, _observer: std::sync::Arc<dyn Observer>) {}

@@ -100,9 +100,22 @@ pub struct CniSettings {
     pub ip_masq: bool,
     /// Where the identity file (`esb-cni.env`) is written.
     pub identity_file: PathBuf,
-    /// The agent's own TCP ports (gRPC, metrics) that workers on the bridge must not reach
-    /// (SPEC §10); empty installs no firewall rule.
-    pub protected_ports: Vec<u16>,
+    /// The agent-owned iptables chains that confine workers (SPEC §10, review H5); `None`
+    /// installs none (tests of plain attach/detach).
+    pub firewall: Option<WorkerFirewall>,
+}
+
+/// Worker network isolation rules (review H5, M5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFirewall {
+    /// Names the agent that owns the rules (`<network>/<ENV>`): chain names and the rule
+    /// comment derive from it, so two ENVs sharing a bridge never touch each other's rules.
+    pub scope: String,
+    /// IPv4 CIDRs workers may never reach through the node (`AGENT_WORKER_DENY_CIDRS`).
+    pub deny_cidrs: Vec<String>,
+    /// Whether workers may open connections beyond the node at all (`AGENT_WORKER_EGRESS`);
+    /// replies and DNS are allowed either way.
+    pub egress: bool,
 }
 
 /// containerd settings (SPEC §6, §7).
@@ -123,6 +136,8 @@ pub struct DockerSettings {
     pub host: Option<String>,
     /// Network workers join (`CONTAINERS_NETWORK`).
     pub network: String,
+    /// Worker isolation on the network's Linux bridge (local Engine, bridge driver only).
+    pub firewall: Option<WorkerFirewall>,
 }
 
 /// Settings shared by every backend.

@@ -307,4 +307,8 @@ async fn destroy_all(core: &Core) {
         }
     }
     let _ = core.table.flush();
+    // The worker firewall outlives a keep-policy stop (workers do); with destroy it goes too.
+    if let Err(e) = core.runtime.release_node_resources().await {
+        tracing::warn!(error = %e.chain(), "cannot remove the worker firewall at shutdown");
+    }
 }

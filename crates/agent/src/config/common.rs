@@ -137,7 +137,7 @@ pub fn containerd(v: &Vars<'_>, identity: &Identity) -> Result<ContainerdSetting
     })
 }
 
-pub fn docker(v: &Vars<'_>) -> Result<DockerSettings, ConfigError> {
+pub fn docker(v: &Vars<'_>, identity: &Identity) -> Result<DockerSettings, ConfigError> {
     let network = v.raw(env::CONTAINERS_NETWORK)?.ok_or_else(|| {
         ConfigError::new(
             env::CONTAINERS_NETWORK,
@@ -153,7 +153,12 @@ pub fn docker(v: &Vars<'_>) -> Result<DockerSettings, ConfigError> {
         // What the Docker backend's client speaks (no TLS to the Engine).
         return Err(v.bad(env::DOCKER_HOST, h, "a unix://, tcp:// or http:// URL"));
     }
-    Ok(DockerSettings { host, network })
+    let firewall = Some(super::cni::worker_firewall(v, identity, &network)?);
+    Ok(DockerSettings {
+        host,
+        network,
+        firewall,
+    })
 }
 
 /// `path` must be an existing regular file (checked at start-up, not at first use).

@@ -162,6 +162,20 @@ pub fn render(c: &Config) -> String {
                 ("cni.gateway", cni.gateway.clone()),
                 ("cni.dns_server", cni.dns_server.clone()),
                 ("cni.ip_masq", cni.ip_masq.to_string()),
+                (
+                    "cni.worker_deny_cidrs",
+                    cni.firewall
+                        .as_ref()
+                        .map(|f| f.deny_cidrs.join(","))
+                        .unwrap_or_default(),
+                ),
+                (
+                    "cni.worker_egress",
+                    match cni.firewall.as_ref().map(|f| f.egress) {
+                        Some(false) => "none".to_string(),
+                        _ => "all".to_string(),
+                    },
+                ),
                 ("cni.conf_dir", cni.conf_dir.display().to_string()),
                 ("cni.conf_file", cni.conf_file.display().to_string()),
                 ("cni.bin_dir", cni.bin_dir.display().to_string()),

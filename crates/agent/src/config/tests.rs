@@ -78,9 +78,32 @@ fn containerd_derives_cni_from_identity() {
     assert_eq!(cni.bridge, "esb-esbefb03b");
     assert_eq!(cni.subnet, "10.184.208.0/23");
     assert_eq!(cni.gateway, "10.184.208.1");
-    let mut ports = vec![c.server.listen_addr.port()];
-    ports.extend(c.server.metrics_addr.map(|a| a.port()));
-    assert_eq!(cni.protected_ports, ports);
+    let fw = cni
+        .firewall
+        .as_ref()
+        .expect("worker firewall on by default");
+    let other = load(&containerd_src(
+        dir.path(),
+        &[
+            ("ENV", "stage"),
+            ("AGENT_WORKER_DENY_CIDRS", " 169.254.0.0/16, 10.0.0.0/8 "),
+            ("AGENT_WORKER_EGRESS", "none"),
+        ],
+    ))
+    .unwrap();
+    let Backend::Containerd { cni: other, .. } = &other.backend else {
+        panic!("containerd expected")
+    };
+    let ofw = other.firewall.as_ref().unwrap();
+    assert_eq!(
+        ofw.scope, "esb-net/stage",
+        "another ENV, another scope (M5)"
+    );
+    assert_eq!(ofw.deny_cidrs, ["169.254.0.0/16", "10.0.0.0/8"]);
+    assert!(!ofw.egress);
+    assert_eq!(fw.scope, "esb-net/dev");
+    assert_eq!(fw.deny_cidrs, vec!["169.254.0.0/16".to_string()]);
+    assert!(fw.egress);
     assert_eq!(cni.dns_server, "10.184.208.1");
     assert_eq!(cni.conf_file, dir.path().join("net.d/10-esb-net.conflist"));
     assert!(cni.ip_masq);
@@ -395,6 +418,9 @@ fn bad_values_name_their_variable() {
         ("CNI_NET_DIR", "networks"),
         ("CNI_IP_MASQ", "perhaps"),
         ("CNI_IDENTITY_FILE", "esb-cni.env"),
+        ("AGENT_WORKER_DENY_CIDRS", "169.254.0.0/16,10.0.0.1/8"),
+        ("AGENT_WORKER_DENY_CIDRS", "fd00::/8"),
+        ("AGENT_WORKER_EGRESS", "some"),
     ];
     let tested = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let check = |src: MapSource, var: &str, value: &str| {

@@ -54,7 +54,7 @@ impl World {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
-            protected_ports: Vec::new(),
+            firewall: None,
         };
         let world = Self {
             n,

@@ -6,6 +6,7 @@
 mod support;
 
 mod failures;
+mod isolation;
 mod lifecycle;
 mod observe;
 mod ownership;
