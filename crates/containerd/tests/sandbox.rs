@@ -95,6 +95,7 @@ async fn forced_user_replaces_root() {
 /// Copies the test worker image into an OCI layout, applies `edit` (umoci arguments after
 /// `--image <layout>`), and pushes it as `esb/h1-test-<random>:latest`. Returns the reference.
 fn derived_image(dir: &Path, registry: &str, base: &str, edits: &[&[&str]]) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir");
     let layout = format!("oci:{}:img", dir.join("layout").display());
     let umoci_image = format!("{}:img", dir.join("layout").display());
     run(
