@@ -12,6 +12,8 @@ mod lease;
 mod list;
 mod metrics;
 mod pause;
+mod rootfs;
+mod seccomp;
 mod spec;
 
 use std::collections::HashSet;
@@ -75,12 +77,19 @@ impl ContainerdRuntime {
         for dir in [&state, &logs_dir, &tmp_dir] {
             std::fs::create_dir_all(dir).map_err(|e| io_err("create state directory", dir, e))?;
         }
+        // Layer downloads a crash interrupted are useless (pulls start over): free the space.
+        let swept = esb_runtime::fsutil::sweep_dir(&tmp_dir);
+        if swept > 0 {
+            tracing::info!(files = swept, dir = %tmp_dir.display(), "removed leftover downloads");
+        }
         let resolv_conf = state.join("resolv.conf");
+        esb_runtime::fsutil::sweep_temp_files(&resolv_conf);
         write_atomic(
             &resolv_conf,
             format!("nameserver {}\n", cni.dns_server).as_bytes(),
         )?;
         let hosts = state.join("hosts");
+        esb_runtime::fsutil::sweep_temp_files(&hosts);
         write_atomic(
             &hosts,
             b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
@@ -183,14 +192,10 @@ pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> RuntimeError
     RuntimeError::internal(format!("{what} {}", path.display())).with_source(e)
 }
 
-/// Writes `bytes` to `path` via a temp file + rename, so readers never see a partial file.
+/// Writes `bytes` to `path` via a unique temp file, fsync and rename (+ directory fsync), so
+/// readers never see a partial file and a crash keeps the old or the new content (L4).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension(format!("tmp.{}", lease::random_hex(4)));
-    std::fs::write(&tmp, bytes).map_err(|e| io_err("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err("rename", path, e)
-    })
+    esb_runtime::fsutil::write_atomic(path, bytes).map_err(|e| io_err("write", path, e))
 }
 
 /// Unix seconds of a protobuf timestamp (0 when absent).

@@ -4,6 +4,7 @@
 //! [`Observer`] through which backends report phase timings, pulls and rollbacks.
 
 pub mod error;
+pub mod fsutil;
 pub mod identity;
 pub mod names;
 pub mod observe;

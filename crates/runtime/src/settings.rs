@@ -20,6 +20,12 @@ pub struct WorkerDefaults {
     /// Upper bound for the proportional CPU quota.
     pub cpu_max_millis: u64,
     pub pids_limit: u64,
+    /// `oom_score_adj` of worker processes: the kernel's OOM killer picks workers before the
+    /// agent and the daemons (review L5).
+    pub oom_score_adj: i32,
+    /// `(uid, gid)` that replaces root for images whose user is root or unset
+    /// (`AGENT_WORKER_USER`; review H4). `None` runs the image user as is.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Default for WorkerDefaults {
@@ -29,6 +35,8 @@ impl Default for WorkerDefaults {
             cpu_millis: None,
             cpu_max_millis: 2000,
             pids_limit: 1024,
+            oom_score_adj: 500,
+            run_as: None,
         }
     }
 }
@@ -42,6 +50,14 @@ impl WorkerDefaults {
             .filter(|mib| *mib > 0)
             .and_then(|mib| mib.checked_mul(1024 * 1024))
             .unwrap_or(self.memory_bytes)
+    }
+
+    /// The `(uid, gid)` a worker runs as: `image_user`, or [`Self::run_as`] instead of root.
+    pub fn effective_user(&self, image_user: (u32, u32)) -> (u32, u32) {
+        match self.run_as {
+            Some(forced) if image_user.0 == 0 => forced,
+            _ => image_user,
+        }
     }
 
     /// CPU quota (millicores) for a worker with `memory_bytes` of memory.

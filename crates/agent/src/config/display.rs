@@ -126,6 +126,12 @@ pub fn render(c: &Config) -> String {
         ),
         ("worker.cpu_max_millis", w.cpu_max_millis.to_string()),
         ("worker.pids_limit", w.pids_limit.to_string()),
+        ("worker.oom_score_adj", w.oom_score_adj.to_string()),
+        (
+            "worker.user",
+            w.run_as
+                .map_or("image".to_string(), |(u, g)| format!("{u}:{g}")),
+        ),
         (
             "worker.log_max_bytes",
             c.common.worker_log_max_bytes.to_string(),
