@@ -114,6 +114,9 @@ pub struct ContainerdSettings {
     pub snapshotter: String,
     /// containerd namespace (the brand).
     pub namespace: String,
+    /// Absolute path of the executable the shim runs as each task's log writer (`binary://`
+    /// logging): the `esb-agent` binary itself (its `log-writer` mode).
+    pub log_writer: PathBuf,
 }
 
 /// Docker settings (SPEC §6, §9).
