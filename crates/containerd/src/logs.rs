@@ -14,8 +14,10 @@ use esb_runtime::RuntimeError;
 use crate::log_writer::{pos_path, rotated_path};
 use crate::{Inner, ensure::log_path, io_err};
 
-/// Attempts at a consistent view while the writer is rotating.
-const ATTEMPTS: usize = 8;
+/// Attempts at a consistent view while the writer is rotating (a rotation is a few syscalls;
+/// after a few quick retries each waits [`RETRY_PAUSE`]: at most ~20 ms in all).
+const ATTEMPTS: usize = 200;
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The current end of the worker's output, as a cursor.
 pub(crate) fn position(inner: &Inner, id: &str) -> Result<u64, RuntimeError> {
@@ -65,7 +67,12 @@ struct View {
 impl View {
     fn take(path: &Path) -> std::io::Result<Self> {
         let pos = pos_path(path);
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
+            if attempt >= 4 {
+                std::thread::sleep(RETRY_PAUSE);
+            } else if attempt > 0 {
+                std::thread::yield_now();
+            }
             let before = match std::fs::read_to_string(&pos) {
                 Ok(s) => s,
                 Err(e) if e.kind() == IoKind::NotFound => return Self::legacy(path),
@@ -77,12 +84,10 @@ impl View {
                     "bad positions file",
                 ));
             };
-            let live = match open_if(path, ino)? {
-                Some(f) => f,
-                None => {
-                    std::thread::yield_now();
-                    continue;
-                }
+            // Inode numbers are reused by the next rotation: the unchanged positions file
+            // (whose start offset changes with every rotation) is what proves consistency.
+            let Some(live) = open_if(path, ino)? else {
+                continue;
             };
             let old = if prev_ino == 0 {
                 None
