@@ -7,6 +7,7 @@ mod support;
 
 mod failures;
 mod lifecycle;
+mod logs;
 mod observe;
 mod ownership;
 mod pulls;
