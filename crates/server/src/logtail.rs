@@ -2,8 +2,10 @@
 //! the reply carries `x-amz-log-result`, base64 of the last 4 KiB the worker wrote to
 //! stdout/stderr during the call. A cursor is taken before the call and the log read after it;
 //! output reaches the log slightly after the HTTP answer (pipe → log writer → file, or
-//! dockerd), so the read is repeated until two reads agree (bounded). Best effort: a backend
-//! without logs or a failed read means no header, never a failed invocation.
+//! dockerd; usually < 1 ms, several ms on a loaded node), so the read is repeated until it has
+//! not changed for [`QUIET`] ([`QUIET_EMPTY`] while still empty), at most [`SETTLE_MAX`].
+//! Best effort: a backend without logs or a failed read means no header, never a failed
+//! invocation.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,11 @@ pub const LOG_RESULT_HEADER: &str = "x-amz-log-result";
 /// Bytes of log returned at most (Lambda's 4 KiB).
 pub const TAIL_BYTES: usize = 4096;
 /// Pause between two reads while waiting for late output to land.
-const SETTLE_STEP: Duration = Duration::from_millis(2);
+const SETTLE_STEP: Duration = Duration::from_millis(1);
+/// The tail is final once it has not changed for this long…
+const QUIET: Duration = Duration::from_millis(5);
+/// …or this long while nothing arrived yet.
+const QUIET_EMPTY: Duration = Duration::from_millis(15);
 /// Longest wait for late output after the answer.
 const SETTLE_MAX: Duration = Duration::from_millis(50);
 
@@ -54,13 +60,18 @@ pub async fn after(runtime: &dyn Runtime, id: &str, since: u64) -> Option<String
         }
     };
     let mut tail = read().await?;
+    let mut changed = Instant::now();
     while started.elapsed() < SETTLE_MAX {
-        tokio::time::sleep(SETTLE_STEP).await;
-        let next = read().await?;
-        if next == tail {
+        let quiet = if tail.is_empty() { QUIET_EMPTY } else { QUIET };
+        if changed.elapsed() >= quiet {
             break;
         }
-        tail = next;
+        tokio::time::sleep(SETTLE_STEP).await;
+        let next = read().await?;
+        if next != tail {
+            tail = next;
+            changed = Instant::now();
+        }
     }
     tracing::trace!(container_id = %id, bytes = tail.len(), settle_us = started.elapsed().as_micros() as u64, "log tail");
     Some(base64::engine::general_purpose::STANDARD.encode(tail))
