@@ -136,7 +136,7 @@ pub struct CommonSettings {
     pub worker: WorkerDefaults,
     /// Agent state directory (journals, last-used, resolv.conf, netns pins, logs).
     pub state_dir: PathBuf,
-    /// Per-worker log file size bound, bytes.
+    /// Per-worker log bound on disk (live file + one rotated generation), bytes.
     pub worker_log_max_bytes: u64,
 }
 

@@ -56,7 +56,7 @@ settings! {
     AGENT_WORKER_CPU_MILLIS = "AGENT_WORKER_CPU_MILLIS", "worker-cpu-millis", false, "Worker CPU quota, millicores, or auto (proportional to memory)";
     AGENT_WORKER_CPU_MAX_MILLIS = "AGENT_WORKER_CPU_MAX_MILLIS", "worker-cpu-max-millis", false, "Upper bound of the proportional CPU quota, millicores";
     AGENT_WORKER_PIDS_LIMIT = "AGENT_WORKER_PIDS_LIMIT", "worker-pids-limit", false, "Worker pids limit";
-    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log file size bound, bytes";
+    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log bound on disk (live + rotated), bytes";
     // registry
     CONTAINER_REGISTRY = "CONTAINER_REGISTRY", "container-registry", false, "Registry for image references without a host";
     CONTAINER_REGISTRY_INSECURE = "CONTAINER_REGISTRY_INSECURE", "container-registry-insecure", false, "1/true/yes/on: plain HTTP to registries";
