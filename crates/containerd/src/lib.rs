@@ -71,6 +71,12 @@ impl ContainerdRuntime {
         containerd: ContainerdSettings,
         cni: CniSettings,
     ) -> Result<Self, RuntimeError> {
+        if !containerd.log_writer.is_absolute() {
+            return Err(RuntimeError::invalid_argument(format!(
+                "the log writer must be an absolute path, got {:?}",
+                containerd.log_writer
+            )));
+        }
         let state = common.state_dir.clone();
         let logs_dir = state.join("logs");
         let tmp_dir = state.join("tmp");

@@ -154,9 +154,10 @@ impl Core {
             deadline = deadline.min(d);
         }
         let probe = || self.still_invocable(&entry.id);
-        let log_since = match crate::logtail::wants_tail(&call.headers) {
-            true => crate::logtail::before(self.runtime.as_ref(), &entry.id).await,
-            false => None,
+        let log_since = if crate::logtail::wants_tail(&call.headers) {
+            crate::logtail::before(self.runtime.as_ref(), &entry.id).await
+        } else {
+            None
         };
         let mut reply = self
             .invoker
