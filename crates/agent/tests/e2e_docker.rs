@@ -23,6 +23,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
 
+#[path = "support/logtail.rs"]
+mod logtail;
+
 const BRAND: &str = "esbtdke2e";
 const OWNER: &str = "owner-e2e";
 const TOKEN: &str = "e2e-token-0123456789";
@@ -314,6 +317,24 @@ async fn agent_binary_docker_mtls_token() {
         .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["env"]["GREETING"], "hi-docker", "{body}");
+    // The client is not Clone (boxed interceptor): lend it to the log-tail check.
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(c));
+    let lent = shared.clone();
+    let call = move |r| -> logtail::Reply {
+        let c = lent.clone();
+        Box::pin(async move {
+            c.lock()
+                .await
+                .invoke_worker(r)
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    logtail::check(call, &w.id, OWNER).await;
+    let mut c = std::sync::Arc::try_unwrap(shared)
+        .ok()
+        .unwrap()
+        .into_inner();
     assert_eq!(list(&mut c).await.unwrap(), vec![w.id.clone()]);
     let paused = c
         .pause_container(PauseContainerRequest {

@@ -311,7 +311,11 @@ async fn workload(
         .filter(|t| *t > 0)
         .unwrap_or_else(crate::now_unix);
 
-    let log = format!("file://{}", log_path(inner, id).display());
+    let log = crate::log_writer::uri(
+        &inner.cd.log_writer,
+        &log_path(inner, id),
+        inner.common.worker_log_max_bytes,
+    );
     c.tasks()
         .create(c.req(CreateTaskRequest {
             container_id: id.to_string(),
@@ -366,7 +370,7 @@ impl Phases {
     }
 }
 
-/// The per-worker log file (stdout and stderr, appended by the shim).
+/// The per-worker log file (stdout and stderr, appended by the log writer).
 pub(crate) fn log_path(inner: &Inner, id: &str) -> PathBuf {
     inner.logs_dir.join(format!("{id}.log"))
 }
@@ -387,7 +391,7 @@ async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
     if done.snapshot {
         destroy::remove_snapshot(inner, id).await;
     }
-    let _ = std::fs::remove_file(log_path(inner, id));
+    crate::logs::remove(&log_path(inner, id));
 }
 
 /// Numeric `uid:gid`, or names looked up in the image's `/etc/passwd` and `/etc/group`,

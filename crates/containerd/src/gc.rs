@@ -150,7 +150,8 @@ async fn orphan_snapshots(inner: &Inner, keep: &HashSet<String>) -> Result<u64, 
     Ok(released)
 }
 
-/// Removes logs of workers that no longer exist, truncates oversized ones.
+/// Removes logs of workers that no longer exist (all their files), truncates oversized ones:
+/// a safety net, the log writer bounds them at write time.
 fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
     let Ok(entries) = std::fs::read_dir(&inner.logs_dir) else {
         return 0;
@@ -161,7 +162,8 @@ fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
         let Some(id) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.split_once(".log"))
+            .map(|(id, _)| id)
         else {
             continue;
         };
@@ -173,7 +175,7 @@ fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
             .metadata()
             .is_ok_and(|m| m.len() > inner.common.worker_log_max_bytes)
         {
-            // The shim appends (O_APPEND), so truncating in place is safe.
+            // Writers append (O_APPEND), so truncating in place is safe.
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
                 let _ = f.set_len(0);
             }

@@ -10,6 +10,8 @@ mod gc;
 mod image;
 mod lease;
 mod list;
+pub mod log_writer;
+mod logs;
 mod metrics;
 mod pause;
 mod rootfs;
@@ -71,6 +73,12 @@ impl ContainerdRuntime {
         containerd: ContainerdSettings,
         cni: CniSettings,
     ) -> Result<Self, RuntimeError> {
+        if !containerd.log_writer.is_absolute() {
+            return Err(RuntimeError::invalid_argument(format!(
+                "the log writer must be an absolute path, got {:?}",
+                containerd.log_writer
+            )));
+        }
         let state = common.state_dir.clone();
         let logs_dir = state.join("logs");
         let tmp_dir = state.join("tmp");
@@ -181,6 +189,15 @@ impl Runtime for ContainerdRuntime {
 
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
+    }
+
+    // A few small file reads (positions file, `stat`, ≤ max bytes): cheap enough inline.
+    async fn log_position(&self, id: &str) -> Result<u64> {
+        logs::position(&self.inner, id)
+    }
+
+    async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
+        logs::read(&self.inner, id, since, max_bytes)
     }
 
     fn set_observer(&self, observer: Arc<dyn Observer>) {

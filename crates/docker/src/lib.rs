@@ -13,6 +13,7 @@ mod gc;
 mod image;
 mod known;
 mod list;
+mod logs;
 mod metrics;
 mod pause;
 
@@ -125,6 +126,14 @@ impl Runtime for DockerRuntime {
 
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
+    }
+
+    async fn log_position(&self, _id: &str) -> Result<u64> {
+        Ok(logs::position())
+    }
+
+    async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
+        logs::read(&self.inner, id, since, max_bytes).await
     }
 
     fn set_observer(&self, observer: Arc<dyn Observer>) {

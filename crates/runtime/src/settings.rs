@@ -143,6 +143,9 @@ pub struct ContainerdSettings {
     pub snapshotter: String,
     /// containerd namespace (the brand).
     pub namespace: String,
+    /// Absolute path of the executable the shim runs as each task's log writer (`binary://`
+    /// logging): the `esb-agent` binary itself (its `log-writer` mode).
+    pub log_writer: PathBuf,
 }
 
 /// Docker settings (SPEC §6, §9).
@@ -164,7 +167,7 @@ pub struct CommonSettings {
     pub worker: WorkerDefaults,
     /// Agent state directory (journals, last-used, resolv.conf, netns pins, logs).
     pub state_dir: PathBuf,
-    /// Per-worker log file size bound, bytes.
+    /// Per-worker log bound on disk (live file + one rotated generation), bytes.
     pub worker_log_max_bytes: u64,
 }
 

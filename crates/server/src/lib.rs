@@ -10,6 +10,7 @@ pub mod error;
 mod grpc;
 mod health;
 pub mod invoke;
+pub mod logtail;
 pub mod metrics;
 mod rpc;
 mod serve;

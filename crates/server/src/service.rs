@@ -154,9 +154,23 @@ impl Core {
             deadline = deadline.min(d);
         }
         let probe = || self.still_invocable(&entry.id);
-        self.invoker
+        let log_since = if crate::logtail::wants_tail(&call.headers) {
+            crate::logtail::before(self.runtime.as_ref(), &entry.id).await
+        } else {
+            None
+        };
+        let mut reply = self
+            .invoker
             .invoke(&entry.slot, addr, call, deadline, &probe)
-            .await
+            .await?;
+        if let Some(since) = log_since
+            && let Some(tail) = crate::logtail::after(self.runtime.as_ref(), &entry.id, since).await
+        {
+            reply
+                .headers
+                .insert(crate::logtail::LOG_RESULT_HEADER.into(), tail);
+        }
+        Ok(reply)
     }
 
     /// Asked while a worker keeps refusing connections: one targeted `inspect` (refreshing the

@@ -6,6 +6,7 @@ mod api {
     pub mod harness;
     pub mod invoke;
     pub mod liveness;
+    pub mod logtail;
     pub mod observability;
     pub mod pki;
     pub mod relist;

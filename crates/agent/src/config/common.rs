@@ -161,6 +161,8 @@ pub fn containerd(v: &Vars<'_>, identity: &Identity) -> Result<ContainerdSetting
         runtime,
         snapshotter,
         namespace: identity.namespace().to_string(),
+        // Resolved at start (serve): the agent's own executable.
+        log_writer: std::path::PathBuf::new(),
     })
 }
 

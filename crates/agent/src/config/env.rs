@@ -62,7 +62,7 @@ settings! {
     AGENT_WORKER_PIDS_LIMIT = "AGENT_WORKER_PIDS_LIMIT", "worker-pids-limit", false, "Worker pids limit";
     AGENT_WORKER_OOM_SCORE_ADJ = "AGENT_WORKER_OOM_SCORE_ADJ", "worker-oom-score-adj", false, "oom_score_adj of worker processes (0 to 1000)";
     AGENT_WORKER_USER = "AGENT_WORKER_USER", "worker-user", false, "uid:gid that replaces root for images running as root";
-    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log file size bound, bytes";
+    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log bound on disk (live + rotated), bytes";
     // registry
     CONTAINER_REGISTRY = "CONTAINER_REGISTRY", "container-registry", false, "Registry for image references without a host";
     CONTAINER_REGISTRY_INSECURE = "CONTAINER_REGISTRY_INSECURE", "container-registry-insecure", false, "1/true/yes/on: plain HTTP to registries";

@@ -40,6 +40,7 @@ impl World {
             runtime: "io.containerd.runc.v2".into(),
             snapshotter: "overlayfs".into(),
             namespace: brand.clone(),
+            log_writer: PathBuf::from(env!("CARGO_BIN_EXE_esb-containerd-log-writer")),
         };
         let subnet = 100 + n;
         let cni = CniSettings {

@@ -8,6 +8,7 @@ mod support;
 mod failures;
 mod isolation;
 mod lifecycle;
+mod logs;
 mod observe;
 mod ownership;
 mod pulls;
