@@ -8,6 +8,7 @@ mod api {
     pub mod liveness;
     pub mod observability;
     pub mod relist;
+    pub mod report;
     pub mod service;
     pub mod tls;
     pub mod worker;
