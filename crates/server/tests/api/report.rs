@@ -142,3 +142,28 @@ async fn outcome_classes_for_function_errors_timeouts_and_oversize() {
         assert!(text.contains(&line), "{line} in {text}");
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_exits_during_the_call_is_crashed_and_unavailable() {
+    let worker = Worker::start().await;
+    let (agent, id) = setup(&worker).await;
+    let mut c = agent.client().await;
+    let r = req(
+        &id,
+        serde_json::json!({"sleep_ms": 300, "drop": true}),
+        5000,
+    );
+    let call = tokio::spawn(async move { c.invoke_worker(r).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The process exits while the call runs (its connection breaks at 300 ms).
+    agent.rt.set_status(&id, esb_runtime::WorkerStatus::Stopped);
+    let s = call.await.unwrap().unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("exited with code"), "{}", s.message());
+    assert_eq!(get(s.metadata(), "x-esb-report-outcome"), Some("crashed"));
+    let (_, text) = agent.scrape("/metrics").await;
+    assert!(
+        text.contains("esb_agent_invoke_total{outcome=\"crashed\"} 1\n"),
+        "{text}"
+    );
+}
