@@ -9,6 +9,8 @@
 //! Env: `BENCH_CALLS` (1-caller calls per side, default 5000), `BENCH_SECS` (seconds per
 //! 16-caller phase, default 3).
 
+#![allow(clippy::unwrap_used)] // the shared test world panics as its failure report
+
 #[path = "../tests/support/world.rs"]
 mod support;
 
@@ -180,6 +182,7 @@ async fn bench(world: &World) -> anyhow::Result<()> {
             .destroy_container(DestroyContainerRequest {
                 container_id: id.clone(),
                 owner_id: OWNER.into(),
+                ..Default::default()
             })
             .await;
     }

@@ -130,6 +130,7 @@ async fn peak_memory_exit_and_oom_in_the_report() {
         c.destroy_container(DestroyContainerRequest {
             container_id: id,
             owner_id: OWNER.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
