@@ -203,6 +203,12 @@ impl Runtime for ContainerdRuntime {
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
     }
+
+    /// The task's cgroup is `cgroupsPath` `/<namespace>/<id>` (spec.rs).
+    fn memory_peak_probe(&self, id: &str) -> Option<esb_runtime::MemoryPeakProbe> {
+        let rel = format!("{}/{id}", self.inner.client.namespace());
+        esb_runtime::MemoryPeakProbe::for_cgroup(self.inner.caps.cgroup_version, &rel)
+    }
 }
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> RuntimeError {

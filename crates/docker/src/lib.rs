@@ -139,4 +139,18 @@ impl Runtime for DockerRuntime {
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
     }
+
+    /// The container's cgroup under the daemon's parent: `docker/<id>` (cgroupfs driver) or
+    /// `system.slice/docker-<id>.scope` (systemd driver), whichever exists.
+    fn memory_peak_probe(&self, id: &str) -> Option<esb_runtime::MemoryPeakProbe> {
+        ["docker/{id}", "system.slice/docker-{id}.scope"]
+            .iter()
+            .filter_map(|rel| {
+                esb_runtime::MemoryPeakProbe::for_cgroup(
+                    self.inner.caps.cgroup_version,
+                    &rel.replace("{id}", id),
+                )
+            })
+            .find(|p| p.path.exists())
+    }
 }

@@ -115,4 +115,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Installs the observer for metrics; called once at start-up. Later calls may be
     /// ignored. The default discards it (a backend with nothing to report).
     fn set_observer(&self, _observer: std::sync::Arc<dyn Observer>) {}
+
+    /// Where the worker's peak memory can be read (for the invocation report); `None` when
+    /// this backend or host cannot tell. Cheap: no I/O, called once per worker.
+    fn memory_peak_probe(&self, _id: &str) -> Option<MemoryPeakProbe> {
+        None
+    }
 }

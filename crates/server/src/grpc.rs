@@ -8,6 +8,7 @@ use esb_proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::invoke::{ReportCell, TrailerReport};
 use crate::rpc::RpcContext;
 use crate::service::{Core, parse_grpc_timeout};
 
@@ -119,8 +120,23 @@ impl AgentService for Grpc {
         let call = convert::invoke_request(request.into_inner(), default)?;
         ctx.set_target(&call.target);
         ctx.authorize(&call.target.owner_id)?;
-        let reply = self.core.invoke(call, grpc_deadline).await?;
-        Ok(Response::new(convert::invoke_response(reply)))
+        let report = ReportCell::new();
+        match self.core.invoke(call, grpc_deadline, &report).await {
+            Ok(reply) => {
+                let mut resp = Response::new(convert::invoke_response(reply));
+                if let Some(r) = report.into_inner() {
+                    resp.extensions_mut().insert(TrailerReport(Arc::new(r)));
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                let mut status = Status::from(e);
+                if let Some(r) = report.get() {
+                    r.attach_to(&mut status);
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn get_capabilities(

@@ -159,6 +159,7 @@ impl BoundServer {
                 self.core.metrics.clone(),
                 s.auth_token.clone(),
             ))
+            .layer(crate::invoke::ReportLayer)
             .add_service(health_svc)
             .add_service(agent)
             .add_optional_service(refl_v1)

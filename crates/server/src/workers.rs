@@ -124,7 +124,7 @@ impl WorkerTable {
                 ip: Some(w.ip),
                 port: w.port,
                 created_at: w.created_at,
-                slot: Arc::new(Slot::default()),
+                slot: Arc::new(Slot::fresh()),
                 seen: Instant::now(),
             }),
         );

@@ -10,6 +10,7 @@ mod api {
     pub mod observability;
     pub mod pki;
     pub mod relist;
+    pub mod report;
     pub mod service;
     pub mod tls;
     pub mod tls_owner;
