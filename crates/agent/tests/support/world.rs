@@ -47,6 +47,11 @@ impl World {
     }
 
     pub fn spawn(&self, name: &str, policy: &str) -> AgentProcess {
+        self.spawn_with(name, policy, &[])
+    }
+
+    /// `spawn` with some settings replaced or added (`overrides` win).
+    pub fn spawn_with(&self, name: &str, policy: &str, overrides: &[(&str, &str)]) -> AgentProcess {
         let (state, conf, net, idf) = (
             self.path("state"),
             self.path("net.d"),
@@ -72,6 +77,11 @@ impl World {
             ("AGENT_DRAIN_TIMEOUT", "20s"),
             ("AGENT_LOG_LEVEL", "info"),
         ];
+        let mut env: Vec<(&str, &str)> = env
+            .into_iter()
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .collect();
+        env.extend_from_slice(overrides);
         AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_esb-agent")), name, &env).unwrap()
     }
 
