@@ -3,6 +3,7 @@
 
 mod api {
     pub mod bad_input;
+    pub mod fuzz;
     pub mod harness;
     pub mod invoke;
     pub mod liveness;
