@@ -31,10 +31,15 @@ pub struct World {
 
 impl World {
     pub fn new(env: &esb_testkit::DevEnv, net: Net) -> Self {
+        Self::on_socket(env, net, env.containerd_socket.as_deref().unwrap())
+    }
+
+    /// A world on another containerd (e.g. a private one a chaos test stops and restarts).
+    pub fn on_socket(env: &esb_testkit::DevEnv, net: Net, socket: &str) -> Self {
         let w = Self {
             dir: esb_testkit::agent::scratch_dir(net.scratch_prefix).unwrap(),
             net,
-            socket: env.containerd_socket.clone().unwrap(),
+            socket: socket.to_string(),
             image: env.worker_image.clone().unwrap(),
             registry: env.registry.clone().unwrap(),
         };
