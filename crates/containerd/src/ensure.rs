@@ -316,19 +316,54 @@ async fn workload(
         &log_path(inner, id),
         inner.common.worker_log_max_bytes,
     );
-    c.tasks()
-        .create(c.req(CreateTaskRequest {
-            container_id: id.to_string(),
-            rootfs: mounts,
-            stdout: log.clone(),
-            stderr: log,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|s| status_err("create task", s))?;
+    // The agent's workers share one runc shim (`io.containerd.runc.v2.group`). When the
+    // group's last task is deleted the shim exits; a create racing that exit finds its socket
+    // and then fails to dial it ("failed to start shim"). A fresh attempt starts a new shim.
+    let mut attempt = 0;
+    loop {
+        let r = c
+            .tasks()
+            .create(c.req(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts.clone(),
+                stdout: log.clone(),
+                stderr: log.clone(),
+                ..Default::default()
+            }))
+            .await;
+        match r {
+            Err(s) if attempt < SHIM_START_RETRIES.len() && is_shim_start_race(&s) => {
+                tracing::debug!(worker = %id, attempt, error = %s.message(), "shim start raced its exit; retrying");
+                tokio::time::sleep(SHIM_START_RETRIES[attempt]).await;
+                attempt += 1;
+            }
+            r => {
+                r.map_err(|s| status_err("create task", s))?;
+                break;
+            }
+        }
+    }
     done.task = true;
     clock.lap(4);
     Ok(created_at)
+}
+
+/// Pauses before re-creating a task whose shared shim was exiting (bounded: 350 ms in all).
+const SHIM_START_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(200),
+];
+
+/// A task create that lost the race with its group shim's exit: the shim's socket vanished
+/// between containerd finding it and dialling it, or the shim closed the connection while
+/// exiting.
+fn is_shim_start_race(s: &tonic::Status) -> bool {
+    let m = s.message();
+    (m.contains("failed to start shim")
+        && (m.contains("no such file or directory") || m.contains("connection refused")))
+        || (m.contains("failed to create shim task")
+            && (m.contains("ttrpc: closed") || m.contains(": shutdown")))
 }
 
 /// Per-phase durations of one ensure (debug log; the cold-start benchmark reads them).
@@ -457,6 +492,22 @@ fn layer_dirs(mounts: &[Mount]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shim_start_race_is_recognised() {
+        let race = tonic::Status::unknown(
+            "failed to start shim: start failed: dial unix /run/containerd/s/ab: connect: no such file or directory",
+        );
+        assert!(is_shim_start_race(&race));
+        let closed = tonic::Status::unknown("failed to create shim task: ttrpc: closed: unknown");
+        assert!(is_shim_start_race(&closed));
+        let shutdown = tonic::Status::unknown(
+            "failed to create shim task: OCI runtime create failed: unable to retrieve OCI runtime error (open /x/log.json: no such file or directory): shutdown: unknown",
+        );
+        assert!(is_shim_start_race(&shutdown));
+        let other = tonic::Status::unknown("failed to create shim task: OCI runtime create failed");
+        assert!(!is_shim_start_race(&other));
+    }
 
     #[test]
     fn env_names_and_values_are_checked() {
