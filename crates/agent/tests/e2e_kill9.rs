@@ -2,6 +2,8 @@
 //! workers, one worker's task SIGKILLed while no agent runs, then a new agent on the same state
 //! dir: it adopts the live workers with their IPs and creation times, cleans up the dead one
 //! (IP reservation and netns pin released), and nothing is left behind after destroy + SIGTERM.
+//! Also `kill -9` at ten points of one Ensure (pull … start): the next agent finds the worker
+//! whole or not at all.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::os::unix::process::ExitStatusExt;
@@ -217,6 +219,98 @@ async fn kill9_agent_then_restart_adopts_and_cleans_up() {
         "{}",
         b.log_tail(20)
     );
+    let left = world.leftovers();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+}
+
+const PHASES_NET: Net = Net {
+    namespace: "esbtkp",
+    env: "kp",
+    bridge: "esbt-kp",
+    subnet: "10.199.206.0/24",
+    scratch_prefix: "scratch-agent-kp-",
+};
+
+/// `kill -9` of the agent at points spread over one Ensure (the first while the image is
+/// still being pulled, then snapshot, container, task, network and start), each followed by
+/// a new agent on the same state: after its start-up reconcile and a GC pass, the worker is
+/// either whole (listed RUNNING, answers) or gone without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_each_ensure_phase_leaves_nothing_half_made() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(&env, PHASES_NET);
+    let image = world.image.clone();
+    let gc = [("AGENT_GC_INTERVAL", "1s")];
+    let mut whole = 0;
+    for (i, delay_ms) in [40u64, 5, 15, 30, 50, 80, 120, 180, 250, 400]
+        .into_iter()
+        .enumerate()
+    {
+        let a = world.spawn_with(&format!("e2e-kill9-phase-{i}"), "keep", &gc);
+        let c = a.client(Duration::from_secs(30)).await.unwrap();
+        let pending = tokio::spawn({
+            let (mut c, image) = (c.clone(), image.clone());
+            async move {
+                c.ensure_container(EnsureContainerRequest {
+                    function_name: format!("kp-{i}"),
+                    image,
+                    env: Default::default(),
+                    owner_id: OWNER.into(),
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let mut a = a;
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &a.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _ = a.terminate(Duration::from_secs(10));
+        drop(a);
+        let _ = pending.await;
+
+        // The next agent: whole or nothing.
+        let mut b = world.spawn_with(&format!("e2e-kill9-phase-{i}-next"), "keep", &gc);
+        let mut c = b.client(Duration::from_secs(30)).await.unwrap();
+        let listed = list(&mut c).await;
+        assert!(listed.len() <= 1, "at {delay_ms} ms: {listed:?}");
+        for s in &listed {
+            assert_eq!(s.status, "RUNNING", "at {delay_ms} ms: {s:?}");
+            assert_eq!(
+                invoke(&mut c, &s.container_id).await.unwrap().status_code,
+                200,
+                "at {delay_ms} ms"
+            );
+            assert!(destroy(&mut c, &s.container_id).await);
+            whole += 1;
+        }
+        let mut left = Vec::new();
+        for _ in 0..200 {
+            left = world.leftovers();
+            left.retain(|l| !l.contains("/state/cni/pool/"));
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "half-made after kill -9 at {delay_ms} ms: {left:?}"
+        );
+        assert_eq!(
+            b.terminate(Duration::from_secs(30)).and_then(|s| s.code()),
+            Some(0),
+            "{}",
+            b.log_tail(20)
+        );
+    }
+    println!("kill -9 during Ensure: {whole} of 10 workers were whole after the restart");
     let left = world.leftovers();
     assert!(left.is_empty(), "leftovers: {left:?}");
 }
