@@ -52,7 +52,7 @@ pub enum CniError {
     NoIp { container_id: String },
 
     /// Creating, pinning or removing a network namespace failed.
-    #[error("netns {action} failed for {}", .path.display())]
+    #[error("netns {action} failed for {}: {source}", .path.display())]
     Netns {
         action: &'static str,
         path: PathBuf,
@@ -61,7 +61,7 @@ pub enum CniError {
     },
 
     /// A file operation (conflist, identity file, journal, IPAM store) failed.
-    #[error("{action} {}", .path.display())]
+    #[error("{action} {}: {source}", .path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -120,11 +120,12 @@ impl CniError {
                 ErrorKind::ResourceExhausted
             }
             Self::Plugin { code, .. } if *code == CNI_CODE_TRY_AGAIN => ErrorKind::Unavailable,
+            Self::Netns { source, .. } | Self::Io { source, .. } => {
+                esb_runtime::error::io_error_kind(source)
+            }
             Self::Plugin { .. }
             | Self::BadResult { .. }
             | Self::NoIp { .. }
-            | Self::Netns { .. }
-            | Self::Io { .. }
             | Self::Journal { .. } => ErrorKind::Internal,
         }
     }

@@ -212,7 +212,7 @@ impl Runtime for ContainerdRuntime {
 }
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> RuntimeError {
-    RuntimeError::internal(format!("{what} {}", path.display())).with_source(e)
+    RuntimeError::io(what, path, e)
 }
 
 /// Writes `bytes` to `path` via a unique temp file, fsync and rename (+ directory fsync), so

@@ -63,13 +63,17 @@ impl RuntimeError {
         &self.message
     }
 
-    /// The message followed by every cause in the chain, `: `-separated.
+    /// The message followed by every cause in the chain, `: `-separated; a cause whose text
+    /// is already at the end (messages that quote their cause) is not repeated.
     pub fn chain(&self) -> String {
         let mut out = self.message.clone();
         let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
         while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
+            let text = e.to_string();
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
             cur = e.source();
         }
         out
@@ -102,11 +106,50 @@ impl RuntimeError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
+
+    /// A failed file operation of the node (state dir, logs): `<what> <path>: <os error>`,
+    /// with the kind the cause calls for (see [`io_error_kind`]).
+    pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Self {
+        Self::new(io_error_kind(&e), format!("{what} {}: {e}", path.display())).with_source(e)
+    }
+}
+
+/// The kind of a node-side I/O failure: a full disk is RESOURCE_EXHAUSTED (gRPC's own example),
+/// a read-only file system UNAVAILABLE (this node cannot create workers now; the gateway may
+/// go elsewhere), anything else INTERNAL.
+pub fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            ErrorKind::ResourceExhausted
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_name_their_cause_and_kind() {
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        let e = RuntimeError::io("write", std::path::Path::new("/state/x"), full);
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        assert!(
+            e.message().starts_with("write /state/x: "),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("space"), "{}", e.message());
+        assert_eq!(e.chain(), e.message(), "the cause is not repeated");
+        let ro = std::io::Error::from_raw_os_error(30); // EROFS
+        assert_eq!(io_error_kind(&ro), ErrorKind::Unavailable);
+        assert_eq!(
+            io_error_kind(&std::io::Error::other("x")),
+            ErrorKind::Internal
+        );
+    }
 
     #[test]
     fn chain_includes_sources() {

@@ -110,6 +110,19 @@ impl AgentProcess {
         self.child.wait().ok()
     }
 
+    /// Waits up to `timeout` for the agent to exit on its own (e.g. refusing to start);
+    /// `None` if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The last `lines` lines of the agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let mut buf = String::new();
