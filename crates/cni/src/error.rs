@@ -25,7 +25,7 @@ pub enum CniError {
     PluginNotFound { plugin: String, path: PathBuf },
 
     /// The plugin could not be run, or did not finish in time.
-    #[error("cannot run cni plugin {plugin:?} ({command})")]
+    #[error("cannot run cni plugin {plugin:?} ({command}): {source}")]
     PluginExec {
         plugin: String,
         command: &'static str,

@@ -136,7 +136,12 @@ impl PluginExec for ProcessExec {
             .take()
             .ok_or_else(|| exec_err(std::io::Error::other("no stdin pipe")))?;
         let run = async {
-            pipe.write_all(&stdin).await?;
+            // A plugin may fail and exit before reading its config: then its exit status and
+            // output tell what went wrong, not our broken pipe.
+            match pipe.write_all(&stdin).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                _ => {}
+            }
             drop(pipe);
             child.wait_with_output().await
         };
@@ -201,4 +206,63 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn plugin(dir: &Path, name: &str, script: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, script).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    fn call(plugin: &str, config: Value) -> PluginCall {
+        PluginCall {
+            plugin: plugin.into(),
+            command: CniCommand::Add,
+            container_id: "c1".into(),
+            netns: "/nonexistent".into(),
+            ifname: "eth0".into(),
+            config,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_fails_before_reading_its_config_reports_its_own_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        plugin(
+            dir.path(),
+            "quick-fail",
+            "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"refused early\"}'\nexit 1\n",
+        );
+        // A config far larger than a pipe buffer: the write hits the closed pipe every time.
+        let big = Value::String("x".repeat(4 << 20));
+        let exec = ProcessExec::new(dir.path(), Duration::from_secs(10));
+        let e = exec
+            .exec(&call("quick-fail", serde_json::json!({ "pad": big })))
+            .await
+            .expect_err("must fail");
+        match e {
+            CniError::Plugin { code, msg, .. } => {
+                assert_eq!(code, 7);
+                assert_eq!(msg, "refused early");
+            }
+            other => panic!("expected the plugin's error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hanging_plugin_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        plugin(dir.path(), "hang", "#!/bin/sh\nexec sleep 30\n");
+        let exec = ProcessExec::new(dir.path(), Duration::from_millis(200));
+        let e = exec
+            .exec(&call("hang", serde_json::json!({})))
+            .await
+            .expect_err("must time out");
+        assert!(e.to_string().contains("timed out"), "{e}");
+    }
 }
