@@ -6,6 +6,7 @@ mod capabilities;
 mod client;
 mod destroy;
 mod ensure;
+mod events;
 mod gc;
 mod image;
 mod lease;
@@ -21,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use esb_cni::CniNetwork;
 use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
 use esb_runtime::{
-    EnsureRequest, GcReport, Observer, ObserverSlot, Result, Runtime, RuntimeCapabilities,
-    RuntimeError, Worker, WorkerMetrics, WorkerState,
+    EnsureRequest, EventStream, GcReport, Observer, ObserverSlot, Result, Runtime,
+    RuntimeCapabilities, RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
 
 /// containerd-backed [`esb_runtime::Runtime`].
@@ -164,6 +165,10 @@ impl Runtime for ContainerdRuntime {
 
     async fn ping(&self) -> Result<()> {
         capabilities::ping(&self.inner.client).await
+    }
+
+    async fn events(&self) -> Result<EventStream> {
+        events::subscribe(&self.inner)
     }
 
     fn capabilities(&self) -> RuntimeCapabilities {

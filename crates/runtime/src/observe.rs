@@ -22,17 +22,21 @@ pub enum Phase {
     TaskCreate,
     /// Starting the worker process.
     Start,
+    /// Waiting until the worker accepts TCP connections on its port (server side, after the
+    /// backend's ensure; `AGENT_ENSURE_READY_TIMEOUT`).
+    Ready,
 }
 
 impl Phase {
     /// Every phase, in ensure order.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Pull,
         Phase::Snapshot,
         Phase::Create,
         Phase::Network,
         Phase::TaskCreate,
         Phase::Start,
+        Phase::Ready,
     ];
 
     /// The metric label value.
@@ -44,6 +48,7 @@ impl Phase {
             Phase::Network => "network",
             Phase::TaskCreate => "task_create",
             Phase::Start => "start",
+            Phase::Ready => "ready",
         }
     }
 }

@@ -6,10 +6,12 @@
 
 pub mod convert;
 pub mod error;
+mod events;
 mod grpc;
 mod health;
 pub mod invoke;
 pub mod metrics;
+mod ready;
 mod rpc;
 mod serve;
 pub mod service;

@@ -12,6 +12,7 @@ use esb_runtime::{
 use crate::convert::{InvokeCall, Target};
 use crate::invoke::{InvokeReply, Invoker};
 use crate::metrics::Metrics;
+use crate::ready::ReadyFor;
 use crate::status::ApiError;
 use crate::workers::{Entry, WorkerTable};
 
@@ -30,6 +31,8 @@ pub struct Core {
     pub(crate) invoker: Invoker,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) facts: AgentFacts,
+    /// `AGENT_ENSURE_READY_TIMEOUT`; zero = Ensure/Resume do not wait for the port.
+    pub(crate) ready_timeout: Duration,
 }
 
 /// A listed worker with its last use.
@@ -43,6 +46,9 @@ impl Core {
         let started = Instant::now();
         let worker = self.runtime.ensure(req).await?;
         self.table.insert_created(&worker);
+        let addr = std::net::SocketAddr::new(worker.ip, worker.port);
+        self.await_ready(&worker.id, Some(addr), ReadyFor::Ensure)
+            .await?;
         self.metrics.ensure_done(started.elapsed());
         Ok(worker)
     }
@@ -93,7 +99,7 @@ impl Core {
 
     /// Resume counts as a use.
     pub async fn resume(&self, t: Target) -> Result<(), ApiError> {
-        self.owned(&t).await?;
+        let entry = self.owned(&t).await?;
         self.runtime
             .resume(&t.container_id)
             .await
@@ -101,7 +107,8 @@ impl Core {
         self.table
             .set_status(&t.container_id, WorkerStatus::Running);
         self.table.touch(&t.container_id);
-        Ok(())
+        self.await_ready(&t.container_id, entry.addr(), ReadyFor::Resume)
+            .await
     }
 
     fn forget_if_gone(&self, t: &Target, e: esb_runtime::RuntimeError) -> ApiError {

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use esb_runtime::{Runtime, RuntimeError, WORKER_PORT, Worker, WorkerState, WorkerStatus};
+use esb_runtime::{
+    Runtime, RuntimeError, WORKER_PORT, Worker, WorkerEvent, WorkerEventKind, WorkerState,
+    WorkerStatus,
+};
 
 use crate::invoke::Slot;
 
@@ -206,6 +209,44 @@ impl WorkerTable {
                 e.slot.invalidate();
             }
         }
+    }
+
+    /// Applies a daemon event to a known worker (events of unknown ids are ignored: the
+    /// table tracks managed workers only, and a listing or lookup brings in the rest).
+    /// Returns whether an entry changed. A stopped worker stays stopped until removed.
+    pub fn apply_event(&self, ev: &WorkerEvent) -> bool {
+        let status = match ev.kind {
+            WorkerEventKind::Exited { .. } => WorkerStatus::Stopped,
+            WorkerEventKind::Paused => WorkerStatus::Paused,
+            WorkerEventKind::Resumed => WorkerStatus::Running,
+            WorkerEventKind::Oom => return false,
+            WorkerEventKind::Deleted => {
+                let known = self.lock().entries.contains_key(&ev.id);
+                if known {
+                    self.remove(&ev.id);
+                }
+                return known;
+            }
+        };
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(&ev.id) else {
+            return false;
+        };
+        if e.status == WorkerStatus::Stopped {
+            return false;
+        }
+        let e = Arc::make_mut(e);
+        e.status = status;
+        if status != WorkerStatus::Running {
+            e.slot.invalidate();
+        }
+        e.seen = Instant::now();
+        true
+    }
+
+    /// The known status of `id`, without asking the runtime.
+    pub fn status(&self, id: &str) -> Option<WorkerStatus> {
+        self.lock().entries.get(id).map(|e| e.status)
     }
 
     pub fn remove(&self, id: &str) {

@@ -3,10 +3,12 @@
 
 mod api {
     pub mod bad_input;
+    pub mod events;
     pub mod harness;
     pub mod invoke;
     pub mod liveness;
     pub mod observability;
+    pub mod ready;
     pub mod relist;
     pub mod service;
     pub mod tls;

@@ -47,6 +47,11 @@ impl World {
     }
 
     pub fn spawn(&self, name: &str, policy: &str) -> AgentProcess {
+        self.spawn_with(name, policy, &[])
+    }
+
+    /// Like [`World::spawn`] with extra env vars (later ones win).
+    pub fn spawn_with(&self, name: &str, policy: &str, extra: &[(&str, &str)]) -> AgentProcess {
         let (state, conf, net, idf) = (
             self.path("state"),
             self.path("net.d"),
@@ -72,6 +77,7 @@ impl World {
             ("AGENT_DRAIN_TIMEOUT", "20s"),
             ("AGENT_LOG_LEVEL", "info"),
         ];
+        let env: Vec<(&str, &str)> = env.iter().chain(extra).copied().collect();
         AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_esb-agent")), name, &env).unwrap()
     }
 

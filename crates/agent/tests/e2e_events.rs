@@ -1,0 +1,409 @@
+//! End to end on both backends (the built `esb-agent` binary against the private dev daemons):
+//! - ready-on-return: right after Ensure a single TCP connect to the worker succeeds (20 of
+//!   20); a worker that listens after 1 s makes Ensure take ~1 s; one that never listens is
+//!   returned at `AGENT_ENSURE_READY_TIMEOUT`; one that exits at start fails the Ensure with
+//!   `UNAVAILABLE` and its exit code, and nothing is left;
+//! - events drive state: a worker that exits, is paused/resumed or removed outside the agent
+//!   shows in the agent's worker table (the `esb_agent_workers` gauge, what invokes read)
+//!   within 1 s, without any RPC about it. The latencies are printed.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use esb_proto::v1::agent_service_client::AgentServiceClient;
+use esb_proto::v1::{
+    DestroyContainerRequest, EnsureContainerRequest, GetContainerMetricsRequest,
+    InvokeWorkerRequest, ListContainersRequest, WorkerInfo,
+};
+use esb_testkit::agent::AgentProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::Channel;
+
+#[path = "support/world.rs"]
+mod support;
+use support::{Net, World};
+
+const NET: Net = Net {
+    namespace: "esbtev",
+    env: "ev",
+    bridge: "esbt-ev",
+    subnet: "10.199.131.0/24",
+    scratch_prefix: "scratch-agent-events-",
+};
+const DOCKER_BRAND: &str = "esbtdkev";
+const OWNER: &str = "owner-ev";
+/// What "within a second" is held to.
+const EVENT_BOUND: Duration = Duration::from_secs(1);
+
+type Client = AgentServiceClient<Channel>;
+
+/// How the test acts on a worker behind the agent's back, and what it counts as leftovers.
+enum Outside<'a> {
+    Containerd(&'a World),
+    Docker { host: String },
+}
+
+impl Outside<'_> {
+    fn docker(host: &str, args: &[&str]) -> String {
+        let out = Command::new("docker")
+            .args(["-H", host])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn pause(&self, id: &str) {
+        match self {
+            Self::Containerd(w) => drop(w.ctr(&["tasks", "pause", id])),
+            Self::Docker { host } => drop(Self::docker(host, &["pause", id])),
+        }
+    }
+
+    fn unpause(&self, id: &str) {
+        match self {
+            Self::Containerd(w) => drop(w.ctr(&["tasks", "resume", id])),
+            Self::Docker { host } => drop(Self::docker(host, &["unpause", id])),
+        }
+    }
+
+    /// Removes the worker's container the way an operator would (the task killed first).
+    fn remove(&self, id: &str) {
+        match self {
+            Self::Containerd(w) => {
+                w.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+                let until = Instant::now() + Duration::from_secs(10);
+                while !w.task_stopped(id) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                w.ctr(&["tasks", "rm", "-f", id]);
+                w.ctr(&["containers", "rm", id]);
+            }
+            Self::Docker { host } => drop(Self::docker(host, &["rm", "-f", id])),
+        }
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        match self {
+            Self::Containerd(w) => w.leftovers(),
+            Self::Docker { host } => Self::docker(
+                host,
+                &[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=created_by={DOCKER_BRAND}-agent"),
+                ],
+            )
+            .split_whitespace()
+            .map(|c| format!("container {c}"))
+            .collect(),
+        }
+    }
+}
+
+async fn ensure(
+    c: &mut Client,
+    image: &str,
+    env: &[(&str, &str)],
+) -> Result<WorkerInfo, tonic::Status> {
+    c.ensure_container(EnsureContainerRequest {
+        function_name: "events".into(),
+        image: image.into(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        owner_id: OWNER.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn destroy(c: &mut Client, id: &str) {
+    c.destroy_container(DestroyContainerRequest {
+        container_id: id.into(),
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn list(c: &mut Client) -> HashMap<String, String> {
+    c.list_containers(ListContainersRequest {
+        owner_id: OWNER.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .containers
+    .into_iter()
+    .map(|s| (s.container_id, s.status))
+    .collect()
+}
+
+async fn scrape(addr: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of the metric line starting with `key ` (0 when absent).
+fn value(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the agent's workers gauge (the worker table) every 5 ms until `state` counts `n`;
+/// returns how long that took. Panics after 5 s.
+async fn table_shows(agent: &AgentProcess, state: &str, n: f64) -> Duration {
+    let started = Instant::now();
+    let key = format!("esb_agent_workers{{state=\"{state}\"}}");
+    loop {
+        if value(&scrape(&agent.metrics_addr).await, &key) == n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "worker table never showed {state}={n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One connect attempt, bounded.
+async fn connects(w: &WorkerInfo) -> bool {
+    let addr = format!("{}:{}", w.ip_address, w.port);
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr.as_str())
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+async fn ready_on_return(c: &mut Client, agent: &AgentProcess, image: &str, outside: &Outside<'_>) {
+    // The first Ensure may pull; not counted.
+    let w = ensure(c, image, &[]).await.unwrap();
+    destroy(c, &w.id).await;
+    let mut ok = 0;
+    for _ in 0..20 {
+        let w = ensure(c, image, &[]).await.unwrap();
+        if connects(&w).await {
+            ok += 1;
+        }
+        destroy(c, &w.id).await;
+    }
+    eprintln!("ready: {ok}/20 workers accepted the first connect right after Ensure");
+    assert_eq!(ok, 20);
+
+    let started = Instant::now();
+    let w = ensure(c, image, &[("WORKER_START_DELAY_MS", "1000")])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("ready: Ensure of a worker listening after 1 s took {took:?}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+    assert!(connects(&w).await);
+    destroy(c, &w.id).await;
+
+    let started = Instant::now();
+    let w = ensure(c, image, &[("WORKER_PORT", "9999")]).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("ready: Ensure of a worker that never listens took {took:?} (timeout 2 s)");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let text = scrape(&agent.metrics_addr).await;
+    assert_eq!(
+        value(&text, "esb_agent_ensure_ready_total{outcome=\"timeout\"}"),
+        1.0
+    );
+    destroy(c, &w.id).await;
+
+    // An unparsable bind address: the worker prints why and exits 2 at start.
+    let started = Instant::now();
+    let err = ensure(c, image, &[("WORKER_BIND", "not-an-address")])
+        .await
+        .unwrap_err();
+    eprintln!(
+        "ready: Ensure of a worker exiting at start failed after {:?}: {}",
+        started.elapsed(),
+        err.message()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("with code 2"), "{}", err.message());
+    if err.message().contains("last output") {
+        assert!(err.message().contains("cannot listen"), "{}", err.message());
+    }
+    assert!(list(c).await.is_empty(), "destroyed");
+    assert!(outside.leftovers().is_empty(), "{:?}", outside.leftovers());
+    let text = scrape(&agent.metrics_addr).await;
+    assert_eq!(
+        value(&text, "esb_agent_ensure_ready_total{outcome=\"exited\"}"),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "esb_agent_ensure_phase_duration_seconds_count{phase=\"ready\"}"
+        ) >= 24.0
+    );
+}
+
+async fn events_drive_state(
+    c: &mut Client,
+    agent: &AgentProcess,
+    image: &str,
+    outside: &Outside<'_>,
+) {
+    // Exit: the worker answers, then its process exits 3.
+    let w = ensure(c, image, &[]).await.unwrap();
+    table_shows(agent, "RUNNING", 1.0).await;
+    c.invoke_worker(InvokeWorkerRequest {
+        container_id: w.id.clone(),
+        payload: br#"{"exit":3}"#.to_vec(),
+        timeout_ms: 10_000,
+        owner_id: OWNER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let exit_latency = table_shows(agent, "STOPPED", 1.0).await;
+    eprintln!("events: exit seen in the worker table after {exit_latency:?}");
+    assert!(exit_latency < EVENT_BOUND, "{exit_latency:?}");
+    assert_eq!(
+        list(c).await.get(&w.id).map(String::as_str),
+        Some("STOPPED")
+    );
+    let m = c
+        .get_container_metrics(GetContainerMetricsRequest {
+            container_id: w.id.clone(),
+            owner_id: OWNER.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.metrics.unwrap().exit_code, 3);
+    // The table says stopped: an invoke fails at once.
+    let started = Instant::now();
+    let err = c
+        .invoke_worker(InvokeWorkerRequest {
+            container_id: w.id.clone(),
+            payload: b"{}".to_vec(),
+            timeout_ms: 10_000,
+            owner_id: OWNER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    eprintln!(
+        "events: invoke of the exited worker failed after {:?}: {err:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    destroy(c, &w.id).await;
+    table_shows(agent, "STOPPED", 0.0).await;
+
+    // Pause and resume from outside.
+    let w = ensure(c, image, &[]).await.unwrap();
+    table_shows(agent, "RUNNING", 1.0).await;
+    outside.pause(&w.id);
+    let pause_latency = table_shows(agent, "PAUSED", 1.0).await;
+    eprintln!("events: outside pause seen after {pause_latency:?}");
+    assert!(pause_latency < EVENT_BOUND, "{pause_latency:?}");
+    outside.unpause(&w.id);
+    let resume_latency = table_shows(agent, "RUNNING", 1.0).await;
+    eprintln!("events: outside resume seen after {resume_latency:?}");
+    assert!(resume_latency < EVENT_BOUND, "{resume_latency:?}");
+
+    // Removed from outside: gone from the table and from List.
+    outside.remove(&w.id);
+    let remove_latency = table_shows(agent, "RUNNING", 0.0).await;
+    eprintln!(
+        "events: outside removal seen after {remove_latency:?} (from the end of the removal)"
+    );
+    assert!(remove_latency < EVENT_BOUND, "{remove_latency:?}");
+    assert!(list(c).await.is_empty());
+
+    let text = scrape(&agent.metrics_addr).await;
+    for kind in ["exited", "paused", "resumed", "deleted"] {
+        let n = value(
+            &text,
+            &format!("esb_agent_worker_events_total{{kind=\"{kind}\"}}"),
+        );
+        assert!(n >= 1.0, "no {kind} event counted:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_ready_on_return_and_events() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(&env, NET);
+    let image = world.image.clone();
+    // GC releases what the outside removal leaves (netns pin, IP) soon enough for the
+    // leftover check; its relist is far slower than the event bound.
+    let mut agent = world.spawn_with(
+        "e2e-events-containerd",
+        "destroy",
+        &[("AGENT_GC_INTERVAL", "3s")],
+    );
+    let mut c = agent.client(Duration::from_secs(30)).await.unwrap();
+    let outside = Outside::Containerd(&world);
+    ready_on_return(&mut c, &agent, &image, &outside).await;
+    events_drive_state(&mut c, &agent, &image, &outside).await;
+    assert!(agent.terminate(Duration::from_secs(30)).is_some());
+    let leftovers = esb_testkit::eventually("no leftovers", Duration::from_secs(10), || async {
+        let l = world.leftovers();
+        l.is_empty().then_some(())
+    });
+    leftovers.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_ready_on_return_and_events() {
+    let Some(env) = esb_testkit::docker() else {
+        return;
+    };
+    let host = env.docker_host.clone().unwrap();
+    let network = env.docker_network.clone().unwrap();
+    let image = env.worker_image.clone().unwrap();
+    let outside = Outside::Docker { host: host.clone() };
+    for c in outside.leftovers() {
+        let id = c.trim_start_matches("container ").to_string();
+        Outside::docker(&host, &["rm", "-f", &id]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").to_str().unwrap().to_string();
+    let mut agent = AgentProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_esb-agent")),
+        "e2e-events-docker",
+        &[
+            ("AGENT_RUNTIME", "docker"),
+            ("ENV", "ev"),
+            ("ESB_BRAND_SLUG", DOCKER_BRAND),
+            ("CONTAINERS_NETWORK", network.as_str()),
+            ("DOCKER_HOST", host.as_str()),
+            ("AGENT_STATE_DIR", state.as_str()),
+            ("AGENT_SHUTDOWN_POLICY", "destroy"),
+        ],
+    )
+    .unwrap();
+    let mut c = agent.client(Duration::from_secs(30)).await.unwrap();
+    ready_on_return(&mut c, &agent, &image, &outside).await;
+    events_drive_state(&mut c, &agent, &image, &outside).await;
+    assert!(agent.terminate(Duration::from_secs(30)).is_some());
+    assert!(outside.leftovers().is_empty(), "{:?}", outside.leftovers());
+}
