@@ -127,6 +127,7 @@ async fn destroy(c: &mut Client, id: &str) {
     c.destroy_container(DestroyContainerRequest {
         container_id: id.into(),
         owner_id: OWNER.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
