@@ -24,17 +24,32 @@ dev_mounts() {
   findmnt -rn -o TARGET 2>/dev/null | awk -v d="$DEV/" 'index($0, d) == 1' | sort -r
 }
 
-# iptables-save lines (table-prefixed) that mention our test subnets or jump to CNI chains,
-# plus the agent's INPUT firewall rules (comment "esb-agent <network>: ...", SPEC §10).
+# The agent's firewall jumps carry "esb-agent <network>/<ENV> <subnet>" (SPEC §10); rules of
+# earlier versions carried "esb-agent <network>: ..." on `-i <bridge>`. Only those of our test
+# subnets and bridges are ours: an agent or another dev env on the host keeps its rules.
+OUR_BRIDGE_ARG_RE="-i (${TEST_BRIDGE_PREFIX}[^ ]*|${DOCKER_NET_BRIDGE}) "
+
+# iptables-save lines (table-prefixed) that mention our test subnets (CNI rules, the agent's
+# jumps) or are the agent's legacy INPUT rule on one of our bridges.
 our_iptables_rules() {
   [[ "$SHARED_HOST" == 1 ]] && return 0
   command -v iptables-save >/dev/null || return 0
   local t
   for t in filter nat; do
     iptables-save -t "$t" 2>/dev/null | grep -E '^-A ' |
-      grep -E -e "$TEST_SUBNET_RE" -e '^-A INPUT .*--comment "esb-agent ' |
+      grep -E -e "$TEST_SUBNET_RE" -e "^-A INPUT ${OUR_BRIDGE_ARG_RE}.*--comment \"esb-agent " |
       sed "s/^/$t /" || true
   done
+}
+
+# The agent's worker firewall chains (ESBI-/ESBF-<hash>) that our jumps target; printed as
+# "filter <chain>". Chains of other networks are never listed.
+our_agent_chains() {
+  [[ "$SHARED_HOST" == 1 ]] && return 0
+  command -v iptables-save >/dev/null || return 0
+  iptables-save -t filter 2>/dev/null |
+    grep -E '^-A (INPUT|FORWARD) .*--comment "esb-agent ' | grep -E -e "$TEST_SUBNET_RE" |
+    sed -n -E 's/.* -j (ESB[IF]-[0-9a-f]+)( .*)?$/filter \1/p' | sort -u || true
 }
 
 # CNI-* chains with no remaining references whose rules mention our subnets (left by a bridge
@@ -76,7 +91,7 @@ our_run_netns() {
 sweep_host() {
   local br v t rest chain f m chains
   # Chains are recognised by their rules, so list them before the rules go.
-  chains="$(our_cni_chains)"
+  chains="$(our_cni_chains; our_agent_chains)"
   for br in $(our_bridges); do
     for v in $(veths_of "$br"); do
       log "deleting veth $v (on $br)"

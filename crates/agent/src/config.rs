@@ -104,18 +104,15 @@ pub fn load(src: &dyn Source) -> Result<Config, ConfigError> {
     let server = server::load(&v, &common.state_dir, &mut notes)?;
     let backend = match runtime {
         "containerd" => {
-            let mut cni = cni::load(&v, &identity, &mut notes)?;
-            // SPEC §10: workers get no route to the agent's own ports.
-            cni.protected_ports = std::iter::once(server.listen_addr.port())
-                .chain(server.metrics_addr.map(|a| a.port()))
-                .collect();
-            cni.protected_ports.dedup();
+            // SPEC §10: the worker firewall rejects every host port (not a list of the
+            // agent's configured ports, which may be 0 = any), so no port is handed over here.
+            let cni = cni::load(&v, &identity, &mut notes)?;
             Backend::Containerd {
                 containerd: common::containerd(&v, &identity)?,
                 cni,
             }
         }
-        _ => Backend::Docker(common::docker(&v)?),
+        _ => Backend::Docker(common::docker(&v, &identity)?),
     };
     Ok(Config {
         server,

@@ -16,6 +16,15 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // The per-task log writer containerd's shim runs (`binary://`): dispatched before anything
+    // else so it stays small (no config, no async runtime).
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(parsed) = esb_containerd::log_writer::parse_args(&args) {
+        return log_writer(parsed);
+    }
     let cli = cli::from_matches(&cli::command().get_matches());
     let cfg = match config::load(&Layered {
         top: cli.flags,
@@ -39,6 +48,17 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+    }
+}
+
+fn log_writer(parsed: Result<esb_containerd::log_writer::Args, String>) -> ExitCode {
+    let r = parsed.and_then(|a| esb_containerd::log_writer::run(&a).map_err(|e| e.to_string()));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("esb-agent log-writer: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

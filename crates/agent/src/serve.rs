@@ -60,7 +60,14 @@ async fn connect(
     common: esb_runtime::settings::CommonSettings,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match backend {
-        Backend::Containerd { containerd, cni } => {
+        Backend::Containerd {
+            mut containerd,
+            cni,
+        } => {
+            // Each task's log writer is this binary (`log-writer` mode), resolved now: the
+            // shim runs it by path, so an upgrade in place applies to new workers only.
+            containerd.log_writer = std::env::current_exe()
+                .context("cannot resolve the agent's own executable (the log writer)")?;
             let socket = containerd.socket.display().to_string();
             let rt = esb_containerd::ContainerdRuntime::connect(common, containerd, cni)
                 .await

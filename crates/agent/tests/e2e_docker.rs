@@ -23,13 +23,18 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
 
+#[path = "support/logtail.rs"]
+mod logtail;
+
 const BRAND: &str = "esbtdke2e";
 const OWNER: &str = "owner-e2e";
 const TOKEN: &str = "e2e-token-0123456789";
 
-/// Removes every container of our brand from the private dockerd (at start and on drop).
+/// Removes every container of our brand from the private dockerd and the agent's worker
+/// firewall for our network+ENV (kept by the keep policy) at start and on drop.
 struct Cleanup {
     host: String,
+    network: String,
 }
 
 impl Cleanup {
@@ -57,6 +62,19 @@ impl Cleanup {
                 .args(["-H", &self.host, "rm", "-f", &id])
                 .output();
         }
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "for c in INPUT FORWARD; do iptables -w -S $c \
+                 | grep -F -- '--comment \"esb-agent {}/e2e ' | while read -r r; do \
+                 t=$(echo \"$r\" | sed -n 's/.*-j \\(ESB[IF]-[0-9a-f]*\\).*/\\1/p'); \
+                 eval \"iptables -w $(echo \"$r\" | sed 's/^-A /-D /')\"; \
+                 [ -n \"$t\" ] && iptables -w -F $t && iptables -w -X $t; done; done",
+                    self.network
+                ),
+            ])
+            .output();
     }
 }
 
@@ -219,7 +237,10 @@ async fn agent_binary_docker_mtls_token() {
     let host = env.docker_host.clone().unwrap();
     let network = env.docker_network.clone().unwrap();
     let image = env.worker_image.clone().unwrap();
-    let cleanup = Cleanup { host: host.clone() };
+    let cleanup = Cleanup {
+        host: host.clone(),
+        network: network.clone(),
+    };
     cleanup.run();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
@@ -296,6 +317,24 @@ async fn agent_binary_docker_mtls_token() {
         .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["env"]["GREETING"], "hi-docker", "{body}");
+    // The client is not Clone (boxed interceptor): lend it to the log-tail check.
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(c));
+    let lent = shared.clone();
+    let call = move |r| -> logtail::Reply {
+        let c = lent.clone();
+        Box::pin(async move {
+            c.lock()
+                .await
+                .invoke_worker(r)
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    logtail::check(call, &w.id, OWNER).await;
+    let mut c = std::sync::Arc::try_unwrap(shared)
+        .ok()
+        .unwrap()
+        .into_inner();
     assert_eq!(list(&mut c).await.unwrap(), vec![w.id.clone()]);
     let paused = c
         .pause_container(PauseContainerRequest {

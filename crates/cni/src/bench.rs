@@ -45,7 +45,7 @@ async fn bench_cni_latency() {
         net_dir: dir.path().join("net"),
         ip_masq: false,
         identity_file: dir.path().join("esb-cni.env"),
-        protected_ports: Vec::new(),
+        firewall: None,
     };
     ip_link_del(&s.bridge);
     let pins = dir.path().join("pins");

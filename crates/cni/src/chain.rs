@@ -149,6 +149,22 @@ pub(crate) async fn check(
     Ok(())
 }
 
+/// Host-side interfaces of a CNI 1.0 result: no `sandbox`, not the bridge itself (for the
+/// bridge plugin: the worker veth's host end).
+pub(crate) fn host_veths(result: &Value, bridge: &str) -> Vec<String> {
+    result["interfaces"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|i| i["sandbox"].as_str().is_none_or(str::is_empty))
+                .filter_map(|i| i["name"].as_str())
+                .filter(|n| *n != bridge)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The address of the sandbox interface `ifname` in a CNI 1.0 result (falls back to the
 /// first address when no interface index links them).
 pub(crate) fn sandbox_ip(result: &Value, ifname: &str) -> Option<IpAddr> {

@@ -94,7 +94,7 @@ pub fn validate(s: &CniSettings) -> Result<(Ipv4Net, Ipv4Addr), CniError> {
 
 /// The conflist (SPEC §8): `bridge` with host-local IPAM whose `subnet` equals `CNI_SUBNET`
 /// (review P1-2), range network+1..broadcast-1 with the gateway set explicitly (host-local
-/// never hands out the gateway), default route; then `portmap`.
+/// never hands out the gateway), default route, `macspoofchk`; then `portmap`.
 pub fn conflist(s: &CniSettings) -> Result<Value, CniError> {
     let (net, gw) = validate(s)?;
     Ok(json!({
@@ -107,6 +107,8 @@ pub fn conflist(s: &CniSettings) -> Result<Value, CniError> {
                 "isGateway": true,
                 "ipMasq": s.ip_masq,
                 "hairpinMode": true,
+                // Frames from a worker must carry its own MAC (no ARP/MAC spoofing, H5).
+                "macspoofchk": true,
                 "dns": { "nameservers": [s.dns_server] },
                 "ipam": {
                     "type": "host-local",
@@ -163,7 +165,7 @@ mod tests {
             net_dir: "/var/lib/cni/networks".into(),
             ip_masq: true,
             identity_file: "/var/lib/cni/esb-cni.env".into(),
-            protected_ports: Vec::new(),
+            firewall: None,
         }
     }
 
@@ -200,6 +202,7 @@ mod tests {
         "type": "host-local"
       },
       "isGateway": true,
+      "macspoofchk": true,
       "type": "bridge"
     },
     {

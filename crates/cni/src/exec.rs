@@ -53,6 +53,17 @@ pub struct PluginCall {
 pub trait PluginExec: Send + Sync + 'static {
     /// Runs the call. ADD returns the plugin's result; DEL and CHECK return `None`.
     async fn exec(&self, call: &PluginCall) -> Result<Option<Value>, CniError>;
+
+    /// Isolates the worker veth's host end `ifname` on its bridge (review H5); the real
+    /// implementation runs `bridge link set dev <ifname> isolated on`.
+    async fn isolate_port(&self, ifname: &str) -> Result<(), CniError> {
+        let name = ifname.to_string();
+        tokio::task::spawn_blocking(move || crate::firewall::isolate_port(&name))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r.map_err(std::io::Error::other))
+            .map_err(|e| CniError::io("isolate bridge port", ifname, e))
+    }
 }
 
 /// Runs plugin binaries from a directory.

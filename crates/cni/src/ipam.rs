@@ -16,6 +16,8 @@ pub(crate) struct Reservation {
     pub ip: IpAddr,
     pub owner: String,
     pub path: PathBuf,
+    /// When host-local wrote it (`None` when the filesystem cannot tell).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Runs `f` under host-local's lock for `dir` (created if missing, like host-local does).
@@ -53,16 +55,22 @@ fn scan(dir: &Path) -> Result<Vec<Reservation>, CniError> {
             .unwrap_or_default()
             .trim()
             .to_string();
-        out.push(Reservation { ip, owner, path });
+        let modified = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        out.push(Reservation {
+            ip,
+            owner,
+            path,
+            modified,
+        });
     }
     Ok(out)
 }
 
-/// Removes every reservation in `dir` whose owner `release` says to release; returns them.
+/// Removes every reservation in `dir` that `release` says to release; returns them.
 /// A missing store directory means nothing is reserved.
 pub(crate) fn release_where(
     dir: &Path,
-    release: impl Fn(&str) -> bool,
+    release: impl Fn(&Reservation) -> bool,
 ) -> Result<Vec<Reservation>, CniError> {
     if !dir.is_dir() {
         return Ok(Vec::new());
@@ -70,7 +78,7 @@ pub(crate) fn release_where(
     locked(dir, || {
         let mut released = Vec::new();
         for r in scan(dir)? {
-            if release(&r.owner) {
+            if release(&r) {
                 crate::fsutil::remove_if_exists(&r.path)?;
                 released.push(r);
             }
@@ -102,7 +110,7 @@ mod tests {
         fs::write(d.join("10.0.0.4"), "dead-2").expect("write");
         fs::write(d.join("last_reserved_ip.0"), "10.0.0.4").expect("write");
         let keep: HashSet<String> = ["live-1".to_string()].into();
-        let mut gone: Vec<_> = release_where(d, |o| !keep.contains(o))
+        let mut gone: Vec<_> = release_where(d, |r| !keep.contains(&r.owner))
             .expect("release")
             .into_iter()
             .map(|r| r.owner)

@@ -15,6 +15,7 @@ pub mod journal;
 mod netns;
 mod network;
 mod pool;
+pub mod spoofchk;
 
 pub use error::CniError;
 pub use journal::{AttachState, Attachment};

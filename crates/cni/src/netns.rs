@@ -81,7 +81,19 @@ fn pin_on_this_thread(target: &Path) -> Result<(), CniError> {
             io::Error::other(format!("ip link set lo up: {status}")),
         ));
     }
-    Ok(())
+    disable_ipv6_on_new_links(target)
+}
+
+/// Workers are IPv4-only and the firewall is too (review H5): interfaces created in this netns
+/// from now on (the plugin's `eth0`) get no IPv6, not even a link-local address that could reach
+/// the node's IPv6 services over the bridge. `lo` keeps `::1`. /proc/sys/net resolves to the
+/// calling thread's netns. A kernel without IPv6 has nothing to disable.
+fn disable_ipv6_on_new_links(target: &Path) -> Result<(), CniError> {
+    match fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", b"1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(netns_err("disable ipv6", target, e)),
+    }
 }
 
 /// Unpins and removes `path`. Idempotent: a missing or unmounted file is fine. The netns

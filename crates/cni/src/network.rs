@@ -15,7 +15,7 @@ use crate::error::CniError;
 use crate::exec::{PluginExec, ProcessExec};
 use crate::journal::{AttachState, Attachment, Journal};
 use crate::pool::NetnsPool;
-use crate::{conflist, firewall, fsutil, ipam, netns};
+use crate::{conflist, firewall, fsutil, ipam, netns, spoofchk};
 
 mod reconcile;
 
@@ -221,14 +221,14 @@ impl CniNetwork {
                 conflist::identity_file(s).as_bytes(),
                 fsutil::Durability::Durable,
             )?;
-            if !s.protected_ports.is_empty()
-                && let Err(e) = firewall::install(&s.bridge, &s.network_name, &s.protected_ports)
+            if let Some(plan) = firewall_plan(s)
+                && let Err(e) = firewall::install(&plan, &s.network_name)
             {
                 tracing::warn!(
                     bridge = %s.bridge,
-                    ports = ?s.protected_ports,
+                    chains = ?firewall::chain_names(&plan.scope),
                     error = %e,
-                    "cannot install the firewall rule; workers can reach the agent's ports"
+                    "cannot install the worker firewall; workers can reach the node's ports and networks"
                 );
             }
             inner.pool.reset()
@@ -236,13 +236,20 @@ impl CniNetwork {
         .await
     }
 
-    /// Deletes the firewall rule(s) [`CniNetwork::install`] added for this network. Idempotent;
-    /// the rule must stay while workers live, so only a destroy-policy stop should call it.
+    /// Deletes the firewall chains and jumps [`CniNetwork::install`] added for this network
+    /// and ENV (never another ENV's). Idempotent; the rules must stay while workers live, so
+    /// only a destroy-policy stop should call it.
     pub async fn remove_firewall(&self) -> Result<(), CniError> {
-        let name = self.inner.settings.network_name.clone();
+        let Some(fw) = self.inner.settings.firewall.clone() else {
+            return Ok(());
+        };
         blocking(move || {
-            firewall::remove(&name).map_err(|e| {
-                CniError::io("remove firewall rule", "iptables", std::io::Error::other(e))
+            firewall::remove(&fw.scope).map_err(|e| {
+                CniError::io(
+                    "remove firewall rules",
+                    "iptables",
+                    std::io::Error::other(e),
+                )
             })
         })
         .await
@@ -327,10 +334,38 @@ impl CniNetwork {
     /// and pins without a journal entry. Ids with an attach/detach in flight are skipped.
     /// Returns the number of released resources.
     pub async fn reconcile(&self, live: &HashSet<String>) -> Result<u64, CniError> {
+        self.reconcile_with(live, &HashSet::new()).await
+    }
+
+    /// [`reconcile`](Self::reconcile) on an IPAM store other agents may share (review M5: two
+    /// ENVs of one brand use one network): a reservation whose owner is not in this journal is
+    /// released only when the owner is not in `runtime_ids` (every container id the runtime
+    /// knows, any ENV) and the reservation is older than any attach could take — so another
+    /// agent's worker, live or being created, keeps its IP.
+    pub async fn reconcile_with(
+        &self,
+        live: &HashSet<String>,
+        runtime_ids: &HashSet<String>,
+    ) -> Result<u64, CniError> {
         let inner = self.inner.clone();
         let live = live.clone();
-        detached(async move { reconcile::reconcile(&inner, &live).await }).await
+        let runtime_ids = runtime_ids.clone();
+        detached(async move { reconcile::reconcile(&inner, &live, &runtime_ids).await }).await
     }
+}
+
+/// The firewall for `s`, when configured and its addresses parse (validated at config load).
+fn firewall_plan(s: &CniSettings) -> Option<firewall::Plan> {
+    let fw = s.firewall.as_ref()?;
+    Some(firewall::Plan {
+        scope: fw.scope.clone(),
+        bridge: s.bridge.clone(),
+        subnet: s.subnet.clone(),
+        gateway: s.gateway.trim().parse().ok()?,
+        dns_server: Some(s.dns_server.trim().parse().ok()?),
+        deny_cidrs: fw.deny_cidrs.clone(),
+        egress: fw.egress,
+    })
 }
 
 /// A journal entry; an unreadable one (torn by a host crash) becomes a pending entry at the
@@ -422,6 +457,10 @@ async fn add_steps(
     let ip = chain::sandbox_ip(&result, &pending.ifname).ok_or_else(|| CniError::NoIp {
         container_id: pending.container_id.clone(),
     })?;
+    // Fail closed: a worker that could talk to its neighbours at L2 is not handed out.
+    for veth in chain::host_veths(&result, &inner.settings.bridge) {
+        inner.exec.isolate_port(&veth).await?;
+    }
     let done = Attachment {
         ip: Some(ip),
         state: AttachState::Added,
@@ -453,11 +492,11 @@ async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
     let pin = a.netns_path.clone();
     // A pin file that no longer pins a netns (host rebooted) would make bridge's DEL fail;
     // without the file DEL treats the netns as gone and only releases IPAM.
-    blocking(move || {
+    let netns_gone = blocking(move || {
         if pin.exists() && !netns::is_pinned(&pin) {
-            netns::remove(&pin)
+            netns::remove(&pin).map(|()| true)
         } else {
-            Ok(())
+            Ok(!pin.exists())
         }
     })
     .await?;
@@ -472,9 +511,14 @@ async fn release(inner: &Arc<Inner>, a: &Attachment) -> Result<(), CniError> {
     let ipam_dir = inner.ipam_dir();
     let owner = a.container_id.clone();
     let failed = del.is_err();
+    let ifname = a.ifname.clone();
     blocking(move || {
         if failed {
-            ipam::release_where(&ipam_dir, |o| o == owner)?;
+            ipam::release_where(&ipam_dir, |r| r.owner == owner)?;
+        }
+        if failed || netns_gone {
+            // The plugin skips its macspoofchk teardown without a netns (or failed midway).
+            spoofchk::teardown(&owner, &ifname);
         }
         netns::remove(&pin)
     })

@@ -85,7 +85,7 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
         total_us = t.elapsed().as_micros() as u64, "worker destroyed"
     );
     detached?;
-    let _ = std::fs::remove_file(ensure::log_path(inner, id));
+    crate::logs::remove(&ensure::log_path(inner, id));
     Ok(true)
 }
 

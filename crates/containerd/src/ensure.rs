@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::client::status_err;
 use crate::spec::{self, SpecInput};
-use crate::{Inner, destroy, lease};
+use crate::{Inner, destroy, lease, rootfs};
 
 /// Lease lifetime if the agent dies mid-ensure (containerd then collects the rest).
 const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -36,6 +36,8 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
         return Err(RuntimeError::invalid_argument("image is required"));
     }
     validate_env(&req.env)?;
+    // A bad reference must fail before the network is attached (review L1).
+    crate::image::normalize(&req.image, &inner.common.registry.default_registry)?;
     let id = worker_name(&inner.common.identity, &req.function_name);
     let (tx, rx) = oneshot::channel();
     let task_inner = inner.clone();
@@ -245,7 +247,7 @@ async fn workload(
         .mounts;
     done.snapshot = true;
     clock.lap(1);
-    let user = resolve_user(&image.config.user, &mounts)?;
+    let user = resolve_user(&image.config.user, &mounts).await?;
     let netns = pinned
         .await
         .map_err(|_| RuntimeError::internal("the worker's netns was not pinned"))?;
@@ -263,7 +265,8 @@ async fn workload(
         netns_path: &netns,
         resolv_conf: &resolv,
         hosts: &hosts,
-        user,
+        user: worker.effective_user(user),
+        oom_score_adj: worker.oom_score_adj,
         memory_bytes: memory,
         cpu_millis: worker.cpu_for(memory),
         pids_limit: worker.pids_limit,
@@ -308,7 +311,11 @@ async fn workload(
         .filter(|t| *t > 0)
         .unwrap_or_else(crate::now_unix);
 
-    let log = format!("file://{}", log_path(inner, id).display());
+    let log = crate::log_writer::uri(
+        &inner.cd.log_writer,
+        &log_path(inner, id),
+        inner.common.worker_log_max_bytes,
+    );
     c.tasks()
         .create(c.req(CreateTaskRequest {
             container_id: id.to_string(),
@@ -363,7 +370,7 @@ impl Phases {
     }
 }
 
-/// The per-worker log file (stdout and stderr, appended by the shim).
+/// The per-worker log file (stdout and stderr, appended by the log writer).
 pub(crate) fn log_path(inner: &Inner, id: &str) -> PathBuf {
     inner.logs_dir.join(format!("{id}.log"))
 }
@@ -384,16 +391,44 @@ async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
     if done.snapshot {
         destroy::remove_snapshot(inner, id).await;
     }
-    let _ = std::fs::remove_file(log_path(inner, id));
+    crate::logs::remove(&log_path(inner, id));
 }
 
-/// Numeric `uid:gid`, or names looked up in the image's `/etc/passwd` and `/etc/group`.
-fn resolve_user(user: &str, mounts: &[Mount]) -> Result<(u32, u32), RuntimeError> {
+/// Numeric `uid:gid`, or names looked up in the image's `/etc/passwd` and `/etc/group`,
+/// read inside the image only (review H1; blocking file I/O off the async threads).
+async fn resolve_user(user: &str, mounts: &[Mount]) -> Result<(u32, u32), RuntimeError> {
     if let Some(ids) = spec::numeric_user(user) {
         return Ok(ids);
     }
-    let passwd = read_rootfs_file(mounts, "etc/passwd").unwrap_or_default();
-    let group = read_rootfs_file(mounts, "etc/group").unwrap_or_default();
+    let dirs = layer_dirs(mounts);
+    let owned = user.to_string();
+    tokio::task::spawn_blocking(move || resolve_in_layers(&owned, &dirs))
+        .await
+        .map_err(|e| RuntimeError::internal("resolving the image user").with_source(e))?
+}
+
+fn resolve_in_layers(user: &str, dirs: &[String]) -> Result<(u32, u32), RuntimeError> {
+    let layers = rootfs::Layers::open(dirs)
+        .map_err(|e| RuntimeError::internal("opening the snapshot's layers").with_source(e))?;
+    let read = |path: &str| -> Result<String, RuntimeError> {
+        match layers.read(path) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned()),
+            Err(e) => Err(RuntimeError::invalid_argument(format!(
+                "the image's /{path} cannot be used to resolve user {user:?}"
+            ))
+            .with_source(e)),
+        }
+    };
+    let passwd = read("etc/passwd")?;
+    // The group file matters only for a group given by name.
+    let by_name = user
+        .split_once(':')
+        .is_some_and(|(_, g)| !g.trim().is_empty() && g.trim().parse::<u32>().is_err());
+    let group = if by_name {
+        read("etc/group")?
+    } else {
+        String::new()
+    };
     spec::resolve_user(user, &passwd, &group).ok_or_else(|| {
         RuntimeError::invalid_argument(format!(
             "image user {user:?} is not in the image's /etc/passwd"
@@ -401,8 +436,8 @@ fn resolve_user(user: &str, mounts: &[Mount]) -> Result<(u32, u32), RuntimeError
     })
 }
 
-/// Reads a file of the (not yet mounted) rootfs from the snapshot's layer directories.
-fn read_rootfs_file(mounts: &[Mount], rel: &str) -> Option<String> {
+/// The snapshot's layer directories, top first: overlay upper then lowers, or a bind source.
+fn layer_dirs(mounts: &[Mount]) -> Vec<String> {
     let mut dirs: Vec<String> = Vec::new();
     for m in mounts {
         if m.r#type == "bind" {
@@ -416,8 +451,7 @@ fn read_rootfs_file(mounts: &[Mount], rel: &str) -> Option<String> {
             }
         }
     }
-    dirs.iter()
-        .find_map(|d| std::fs::read_to_string(PathBuf::from(d).join(rel)).ok())
+    dirs
 }
 
 #[cfg(test)]

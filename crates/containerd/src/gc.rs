@@ -11,7 +11,9 @@ use esb_runtime::{GcReport, RuntimeError, WorkerState, WorkerStatus};
 use tokio_stream::StreamExt;
 
 use crate::client::status_err;
-use crate::list::{get_task, managed_containers, managed_filter, status_of, to_state};
+use crate::list::{
+    all_container_ids, get_task, managed_containers, managed_filter, status_of, to_state,
+};
 use crate::{Inner, destroy};
 
 pub(crate) async fn gc(inner: &Arc<Inner>) -> Result<GcReport, RuntimeError> {
@@ -78,9 +80,16 @@ async fn sweep(inner: &Arc<Inner>) -> Result<(GcReport, Vec<WorkerState>), Runti
     if let Ok(set) = inner.creating.lock() {
         keep.extend(set.iter().cloned());
     }
-    match inner.cni.reconcile(&keep).await {
-        Ok(n) => report.released_resources += n,
-        Err(e) => report.errors.push(format!("cni reconcile: {e}")),
+    // Asked after the gate: a container another ENV creates from here on reserves its IP
+    // less than FOREIGN_GRACE before reconcile looks, so it is safe either way.
+    match all_container_ids(inner).await {
+        Ok(runtime_ids) => match inner.cni.reconcile_with(&keep, &runtime_ids).await {
+            Ok(n) => report.released_resources += n,
+            Err(e) => report.errors.push(format!("cni reconcile: {e}")),
+        },
+        Err(e) => report
+            .errors
+            .push(format!("cni reconcile skipped: {}", e.chain())),
     }
     match orphan_snapshots(inner, &keep).await {
         Ok(n) => report.released_resources += n,
@@ -141,7 +150,8 @@ async fn orphan_snapshots(inner: &Inner, keep: &HashSet<String>) -> Result<u64, 
     Ok(released)
 }
 
-/// Removes logs of workers that no longer exist, truncates oversized ones.
+/// Removes logs of workers that no longer exist (all their files), truncates oversized ones:
+/// a safety net, the log writer bounds them at write time.
 fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
     let Ok(entries) = std::fs::read_dir(&inner.logs_dir) else {
         return 0;
@@ -152,7 +162,8 @@ fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
         let Some(id) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.split_once(".log"))
+            .map(|(id, _)| id)
         else {
             continue;
         };
@@ -164,7 +175,7 @@ fn sweep_logs(inner: &Inner, keep: &HashSet<String>) -> u64 {
             .metadata()
             .is_ok_and(|m| m.len() > inner.common.worker_log_max_bytes)
         {
-            // The shim appends (O_APPEND), so truncating in place is safe.
+            // Writers append (O_APPEND), so truncating in place is safe.
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
                 let _ = f.set_len(0);
             }

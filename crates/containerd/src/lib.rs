@@ -11,8 +11,12 @@ mod gc;
 mod image;
 mod lease;
 mod list;
+pub mod log_writer;
+mod logs;
 mod metrics;
 mod pause;
+mod rootfs;
+mod seccomp;
 mod spec;
 
 use std::collections::HashSet;
@@ -70,18 +74,31 @@ impl ContainerdRuntime {
         containerd: ContainerdSettings,
         cni: CniSettings,
     ) -> Result<Self, RuntimeError> {
+        if !containerd.log_writer.is_absolute() {
+            return Err(RuntimeError::invalid_argument(format!(
+                "the log writer must be an absolute path, got {:?}",
+                containerd.log_writer
+            )));
+        }
         let state = common.state_dir.clone();
         let logs_dir = state.join("logs");
         let tmp_dir = state.join("tmp");
         for dir in [&state, &logs_dir, &tmp_dir] {
             std::fs::create_dir_all(dir).map_err(|e| io_err("create state directory", dir, e))?;
         }
+        // Layer downloads a crash interrupted are useless (pulls start over): free the space.
+        let swept = esb_runtime::fsutil::sweep_dir(&tmp_dir);
+        if swept > 0 {
+            tracing::info!(files = swept, dir = %tmp_dir.display(), "removed leftover downloads");
+        }
         let resolv_conf = state.join("resolv.conf");
+        esb_runtime::fsutil::sweep_temp_files(&resolv_conf);
         write_atomic(
             &resolv_conf,
             format!("nameserver {}\n", cni.dns_server).as_bytes(),
         )?;
         let hosts = state.join("hosts");
+        esb_runtime::fsutil::sweep_temp_files(&hosts);
         write_atomic(
             &hosts,
             b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
@@ -171,12 +188,31 @@ impl Runtime for ContainerdRuntime {
         events::subscribe(&self.inner)
     }
 
+    async fn release_node_resources(&self) -> Result<()> {
+        Ok(self.inner.cni.remove_firewall().await?)
+    }
+
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
     }
 
+    // A few small file reads (positions file, `stat`, ≤ max bytes): cheap enough inline.
+    async fn log_position(&self, id: &str) -> Result<u64> {
+        logs::position(&self.inner, id)
+    }
+
+    async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
+        logs::read(&self.inner, id, since, max_bytes)
+    }
+
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
+    }
+
+    /// The task's cgroup is `cgroupsPath` `/<namespace>/<id>` (spec.rs).
+    fn memory_peak_probe(&self, id: &str) -> Option<esb_runtime::MemoryPeakProbe> {
+        let rel = format!("{}/{id}", self.inner.client.namespace());
+        esb_runtime::MemoryPeakProbe::for_cgroup(self.inner.caps.cgroup_version, &rel)
     }
 }
 
@@ -184,14 +220,10 @@ pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> RuntimeError
     RuntimeError::internal(format!("{what} {}", path.display())).with_source(e)
 }
 
-/// Writes `bytes` to `path` via a temp file + rename, so readers never see a partial file.
+/// Writes `bytes` to `path` via a unique temp file, fsync and rename (+ directory fsync), so
+/// readers never see a partial file and a crash keeps the old or the new content (L4).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension(format!("tmp.{}", lease::random_hex(4)));
-    std::fs::write(&tmp, bytes).map_err(|e| io_err("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err("rename", path, e)
-    })
+    esb_runtime::fsutil::write_atomic(path, bytes).map_err(|e| io_err("write", path, e))
 }
 
 /// Unix seconds of a protobuf timestamp (0 when absent).

@@ -39,6 +39,25 @@ pub(crate) fn status_of(task: Option<&Process>) -> WorkerStatus {
     }
 }
 
+/// Every container id in the namespace, whoever manages it (other ENVs of the brand share the
+/// namespace and the CNI network: their IP reservations are not ours to release, M5).
+pub(crate) async fn all_container_ids(
+    inner: &Inner,
+) -> Result<std::collections::HashSet<String>, RuntimeError> {
+    let c = &inner.client;
+    Ok(c.containers()
+        .list(c.req_t(ListContainersRequest {
+            filters: Vec::new(),
+        }))
+        .await
+        .map_err(|s| status_err("list containers", s))?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect())
+}
+
 /// The managed containers (one query) and all tasks of the namespace (one query).
 pub(crate) async fn managed_containers(
     inner: &Inner,

@@ -7,6 +7,7 @@ use esb_runtime::RuntimeError;
 use serde_json::{Value, json};
 
 use crate::image::RunConfig;
+use crate::seccomp;
 
 /// Any type URL containerd expects for a runtime spec.
 pub(crate) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -15,26 +16,27 @@ pub(crate) const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const CPU_PERIOD: u64 = 100_000;
 
-/// containerd's default capability set.
+/// containerd's default capability set without `CAP_NET_RAW` (ARP/IP spoofing on the shared
+/// bridge), `CAP_MKNOD` and `CAP_SETFCAP`, which no function needs (review H4).
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
-    "CAP_SETFCAP",
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
+/// containerd's and Docker's masked paths, with `/sys/devices/virtual/powercap` (RAPL energy
+/// counters: a power side channel) and `/proc/interrupts` (review L5).
 const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -43,6 +45,7 @@ const MASKED: &[&str] = &[
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 const READONLY: &[&str] = &[
     "/proc/bus",
@@ -61,8 +64,10 @@ pub(crate) struct SpecInput<'a> {
     pub netns_path: &'a str,
     pub resolv_conf: &'a str,
     pub hosts: &'a str,
-    /// `(uid, gid)` resolved from the image's user.
+    /// `(uid, gid)` the worker runs as (image user, or the forced non-root user).
     pub user: (u32, u32),
+    /// `oom_score_adj` of the worker's processes.
+    pub oom_score_adj: i32,
     pub memory_bytes: u64,
     pub cpu_millis: u64,
     pub pids_limit: u64,
@@ -166,7 +171,8 @@ pub(crate) fn build(input: &SpecInput<'_>) -> Result<Vec<u8>, RuntimeError> {
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
+            "noNewPrivileges": true,
+            "oomScoreAdj": input.oom_score_adj
         },
         "root": {"path": "rootfs", "readonly": false},
         "hostname": hostname(input.id),
@@ -204,8 +210,10 @@ pub(crate) fn build(input: &SpecInput<'_>) -> Result<Vec<u8>, RuntimeError> {
                 {"type": "ipc"},
                 {"type": "uts"},
                 {"type": "mount"},
+                {"type": "cgroup"},
                 {"type": "network", "path": input.netns_path}
             ],
+            "seccomp": seccomp::profile(),
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY
         }
@@ -227,6 +235,7 @@ mod tests {
             resolv_conf: "/state/resolv.conf",
             hosts: "/state/hosts",
             user: (1000, 1000),
+            oom_score_adj: 500,
             memory_bytes: 512 * 1024 * 1024,
             cpu_millis: 289,
             pids_limit: 1024,
@@ -269,6 +278,52 @@ mod tests {
             Some("rootfs")
         );
         assert_eq!(spec.hostname().as_deref(), Some("esb-dev-fn-0123abcd"));
+    }
+
+    #[test]
+    fn sandbox_is_hardened() {
+        let image = RunConfig {
+            entrypoint: vec!["/w".into()],
+            ..RunConfig::default()
+        };
+        let env = BTreeMap::new();
+        let bytes = build(&input(&image, &env)).expect("spec");
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&bytes).expect("oci spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.oom_score_adj(), Some(500));
+        let caps = process.capabilities().as_ref().expect("caps");
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().expect("set");
+            for dropped in [
+                oci_spec::runtime::Capability::NetRaw,
+                oci_spec::runtime::Capability::Mknod,
+                oci_spec::runtime::Capability::Setfcap,
+                oci_spec::runtime::Capability::SysAdmin,
+            ] {
+                assert!(!set.contains(&dropped), "{dropped:?}");
+            }
+            assert!(set.contains(&oci_spec::runtime::Capability::NetBindService));
+        }
+        let linux = spec.linux().as_ref().expect("linux");
+        let seccomp = linux.seccomp().as_ref().expect("seccomp");
+        assert_eq!(
+            seccomp.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
+        let namespaces = linux.namespaces().as_ref().expect("namespaces");
+        assert!(
+            namespaces
+                .iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        );
+        let masked = linux.masked_paths().as_ref().expect("masked");
+        for p in [
+            "/sys/devices/virtual/powercap",
+            "/proc/interrupts",
+            "/proc/kcore",
+        ] {
+            assert!(masked.iter().any(|m| m == p), "{p}");
+        }
     }
 
     #[test]

@@ -209,20 +209,31 @@ async fn gc_races_ensures_and_bounds_logs() {
     }
     assert_eq!(world.ipam_files().len(), 9);
 
-    // Log bound and orphan logs.
+    // Log bound (at write time, by the log writer) and orphan logs (every file of one).
     let logs = world.common.state_dir.join("logs");
     let log = logs.join(format!("{}.log", w0.id));
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let before = rt.log_position(&w0.id).await.expect("position");
     let line = "x".repeat(8000);
     invoke(w0.ip, &format!(r#"{{"stdout":"{line}"}}"#)).await;
     esb_testkit::eventually("log written", Duration::from_secs(5), || async {
-        (std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 4096).then_some(())
+        let p = rt.log_position(&w0.id).await.expect("position");
+        (p > before + 8000).then_some(())
     })
     .await;
-    std::fs::write(logs.join("esbt-cd-15-test-ghost-00000000.log"), "old").expect("ghost log");
+    let rotated = logs.join(format!("{}.log.1", w0.id));
+    assert!(size(&log) + size(&rotated) <= 4096);
+    let ghosts =
+        ["", ".1", ".pos"].map(|s| logs.join(format!("esbt-cd-15-test-ghost-00000000.log{s}")));
+    for g in &ghosts {
+        std::fs::write(g, "old").expect("ghost log");
+    }
     let report = rt.gc().await.expect("gc");
-    assert!(report.released_resources >= 1, "{report:?}");
-    assert!(std::fs::metadata(&log).expect("log kept").len() <= 4096);
-    assert!(!logs.join("esbt-cd-15-test-ghost-00000000.log").exists());
+    assert!(report.released_resources >= 3, "{report:?}");
+    assert!(log.exists(), "live worker's log kept");
+    for g in &ghosts {
+        assert!(!g.exists(), "{} removed", g.display());
+    }
     invoke(w0.ip, "{}").await;
 
     for w in workers.iter().map(|w| &w.id).chain([&w0.id]) {

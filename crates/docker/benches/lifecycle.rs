@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = DockerSettings {
         host: Some(host.clone()),
         network: network.clone(),
+        firewall: None,
     };
     let rt = DockerRuntime::connect(common.clone(), settings).await?;
     cleanup(&rt).await;

@@ -29,6 +29,8 @@ use crate::image::{ImageRef, ensure_image, parse_ref};
 
 /// Pauses between IP look-ups after the first (SPEC §9: 100 ms … 1.6 s, 5 tries).
 const IP_BACKOFF_MS: [u64; 5] = [100, 200, 400, 800, 1600];
+/// Capabilities removed from Docker's default set (review H4).
+pub(crate) const DROPPED_CAPS: [&str; 3] = ["NET_RAW", "MKNOD", "SETFCAP"];
 /// Log files kept per worker by the json-file driver.
 const LOG_FILES: u64 = 2;
 
@@ -111,7 +113,11 @@ fn spec(inner: &Inner, req: &EnsureRequest, image: &ImageRef) -> ContainerCreate
             memory_swap: Some(to_i64(memory)),
             nano_cpus: Some(to_i64(cpu_millis.saturating_mul(1_000_000))),
             pids_limit: Some(to_i64(w.pids_limit)),
+            // Docker's default seccomp profile applies (no `seccomp=` override here); drop the
+            // capabilities no function needs, NET_RAW above all (spoofing on the bridge; H4).
             security_opt: Some(vec!["no-new-privileges".to_string()]),
+            cap_drop: Some(DROPPED_CAPS.iter().map(|c| c.to_string()).collect()),
+            oom_score_adj: Some(i64::from(w.oom_score_adj)),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,

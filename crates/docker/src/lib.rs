@@ -9,10 +9,12 @@ mod destroy;
 mod ensure;
 mod error;
 mod events;
+mod firewall;
 mod gc;
 mod image;
 mod known;
 mod list;
+mod logs;
 mod metrics;
 mod pause;
 
@@ -54,6 +56,7 @@ impl DockerRuntime {
     ) -> Result<Self, RuntimeError> {
         let client = connect::connect(docker.host.as_deref()).await?;
         let caps = capabilities::probe(&client, &common, &docker).await;
+        firewall::install(&client, &docker).await;
         Ok(Self {
             inner: Arc::new(Inner {
                 docker: client,
@@ -120,11 +123,39 @@ impl Runtime for DockerRuntime {
         events::subscribe(&self.inner)
     }
 
+    async fn release_node_resources(&self) -> Result<()> {
+        firewall::remove(&self.inner.settings)
+            .await
+            .map_err(|e| RuntimeError::internal(format!("remove worker firewall: {e}")))
+    }
+
     fn capabilities(&self) -> RuntimeCapabilities {
         self.inner.caps.clone()
     }
 
+    async fn log_position(&self, _id: &str) -> Result<u64> {
+        Ok(logs::position())
+    }
+
+    async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
+        logs::read(&self.inner, id, since, max_bytes).await
+    }
+
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
+    }
+
+    /// The container's cgroup under the daemon's parent: `docker/<id>` (cgroupfs driver) or
+    /// `system.slice/docker-<id>.scope` (systemd driver), whichever exists.
+    fn memory_peak_probe(&self, id: &str) -> Option<esb_runtime::MemoryPeakProbe> {
+        ["docker/{id}", "system.slice/docker-{id}.scope"]
+            .iter()
+            .filter_map(|rel| {
+                esb_runtime::MemoryPeakProbe::for_cgroup(
+                    self.inner.caps.cgroup_version,
+                    &rel.replace("{id}", id),
+                )
+            })
+            .find(|p| p.path.exists())
     }
 }

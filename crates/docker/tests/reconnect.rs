@@ -65,6 +65,7 @@ fn settings(sock: &Path) -> (CommonSettings, DockerSettings) {
     let docker = DockerSettings {
         host: Some(format!("unix://{}", sock.display())),
         network: "esbt-net".into(),
+        firewall: None,
     };
     (common, docker)
 }

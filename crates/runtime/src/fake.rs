@@ -1,7 +1,7 @@
 //! In-process fake runtime for service tests: a small state machine that records calls and
 //! can be scripted to fail the k-th call of an operation (no mock framework).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +28,8 @@ pub enum Op {
     Ping,
     /// A subscription to the event stream (only once enabled with `enable_events`).
     Events,
+    LogPosition,
+    ReadLog,
 }
 
 /// One recorded call: the operation and the worker id it named, if any.
@@ -60,6 +62,9 @@ struct Inner {
     events_enabled: bool,
     /// The sender of the current subscription.
     events_tx: Option<tokio::sync::mpsc::UnboundedSender<Result<WorkerEvent>>>,
+    /// Per worker: its whole output, and chunks each `read_log` appends first (output that
+    /// lands while an invocation runs, or late).
+    logs: HashMap<String, (Vec<u8>, VecDeque<Vec<u8>>)>,
 }
 
 /// A fake [`Runtime`]: workers live in a map; new workers get `worker_ip` (loopback by
@@ -100,6 +105,7 @@ impl FakeRuntime {
                 reconcile_result: Vec::new(),
                 events_enabled: false,
                 events_tx: None,
+                logs: HashMap::new(),
             }),
             observer: ObserverSlot::default(),
         }
@@ -204,6 +210,24 @@ impl FakeRuntime {
     /// Workers `reconcile` returns (in addition to nothing else; it does not consult the map).
     pub fn set_reconcile_result(&self, workers: Vec<WorkerState>) {
         self.lock().reconcile_result = workers;
+    }
+
+    /// Appends to a worker's log now.
+    pub fn write_log(&self, id: &str, bytes: &[u8]) {
+        let mut inner = self.lock();
+        inner
+            .logs
+            .entry(id.to_owned())
+            .or_default()
+            .0
+            .extend_from_slice(bytes);
+    }
+
+    /// Queues output that the next `read_log` calls of `id` append first, one chunk per call.
+    pub fn write_log_on_read(&self, id: &str, chunks: &[&[u8]]) {
+        let mut inner = self.lock();
+        let pending = &mut inner.logs.entry(id.to_owned()).or_default().1;
+        pending.extend(chunks.iter().map(|c| c.to_vec()));
     }
 
     pub fn worker(&self, id: &str) -> Option<WorkerState> {
@@ -411,6 +435,27 @@ impl Runtime for FakeRuntime {
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
+    }
+
+    /// Cursor = bytes written so far.
+    async fn log_position(&self, id: &str) -> Result<u64> {
+        self.enter(Op::LogPosition, Some(id))?;
+        Ok(self.lock().logs.get(id).map_or(0, |l| l.0.len() as u64))
+    }
+
+    async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
+        self.enter(Op::ReadLog, Some(id))?;
+        let mut inner = self.lock();
+        let Some((log, pending)) = inner.logs.get_mut(id) else {
+            return Ok(Vec::new());
+        };
+        if let Some(chunk) = pending.pop_front() {
+            log.extend_from_slice(&chunk);
+        }
+        let from = (since.unwrap_or(0) as usize)
+            .max(log.len().saturating_sub(max_bytes))
+            .min(log.len());
+        Ok(log[from..].to_vec())
     }
 
     fn capabilities(&self) -> RuntimeCapabilities {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod events;
+pub mod fsutil;
 pub mod identity;
 pub mod names;
 pub mod observe;
@@ -119,7 +120,20 @@ pub trait Runtime: Send + Sync + 'static {
         ))
     }
 
+    /// Removes node-wide state the backend installed for its workers (the worker firewall),
+    /// after every worker is gone: the destroy shutdown policy calls it. Idempotent. Default:
+    /// nothing to remove.
+    async fn release_node_resources(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Installs the observer for metrics; called once at start-up. Later calls may be
     /// ignored. The default discards it (a backend with nothing to report).
     fn set_observer(&self, _observer: std::sync::Arc<dyn Observer>) {}
+
+    /// Where the worker's peak memory can be read (for the invocation report); `None` when
+    /// this backend or host cannot tell. Cheap: no I/O, called once per worker.
+    fn memory_peak_probe(&self, _id: &str) -> Option<MemoryPeakProbe> {
+        None
+    }
 }

@@ -20,6 +20,12 @@ pub struct WorkerDefaults {
     /// Upper bound for the proportional CPU quota.
     pub cpu_max_millis: u64,
     pub pids_limit: u64,
+    /// `oom_score_adj` of worker processes: the kernel's OOM killer picks workers before the
+    /// agent and the daemons (review L5).
+    pub oom_score_adj: i32,
+    /// `(uid, gid)` that replaces root for images whose user is root or unset
+    /// (`AGENT_WORKER_USER`; review H4). `None` runs the image user as is.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Default for WorkerDefaults {
@@ -29,6 +35,8 @@ impl Default for WorkerDefaults {
             cpu_millis: None,
             cpu_max_millis: 2000,
             pids_limit: 1024,
+            oom_score_adj: 500,
+            run_as: None,
         }
     }
 }
@@ -42,6 +50,14 @@ impl WorkerDefaults {
             .filter(|mib| *mib > 0)
             .and_then(|mib| mib.checked_mul(1024 * 1024))
             .unwrap_or(self.memory_bytes)
+    }
+
+    /// The `(uid, gid)` a worker runs as: `image_user`, or [`Self::run_as`] instead of root.
+    pub fn effective_user(&self, image_user: (u32, u32)) -> (u32, u32) {
+        match self.run_as {
+            Some(forced) if image_user.0 == 0 => forced,
+            _ => image_user,
+        }
     }
 
     /// CPU quota (millicores) for a worker with `memory_bytes` of memory.
@@ -100,9 +116,22 @@ pub struct CniSettings {
     pub ip_masq: bool,
     /// Where the identity file (`esb-cni.env`) is written.
     pub identity_file: PathBuf,
-    /// The agent's own TCP ports (gRPC, metrics) that workers on the bridge must not reach
-    /// (SPEC §10); empty installs no firewall rule.
-    pub protected_ports: Vec<u16>,
+    /// The agent-owned iptables chains that confine workers (SPEC §10, review H5); `None`
+    /// installs none (tests of plain attach/detach).
+    pub firewall: Option<WorkerFirewall>,
+}
+
+/// Worker network isolation rules (review H5, M5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFirewall {
+    /// Names the agent that owns the rules (`<network>/<ENV>`): chain names and the rule
+    /// comment derive from it, so two ENVs sharing a bridge never touch each other's rules.
+    pub scope: String,
+    /// IPv4 CIDRs workers may never reach through the node (`AGENT_WORKER_DENY_CIDRS`).
+    pub deny_cidrs: Vec<String>,
+    /// Whether workers may open connections beyond the node at all (`AGENT_WORKER_EGRESS`);
+    /// replies and DNS are allowed either way.
+    pub egress: bool,
 }
 
 /// containerd settings (SPEC §6, §7).
@@ -114,6 +143,9 @@ pub struct ContainerdSettings {
     pub snapshotter: String,
     /// containerd namespace (the brand).
     pub namespace: String,
+    /// Absolute path of the executable the shim runs as each task's log writer (`binary://`
+    /// logging): the `esb-agent` binary itself (its `log-writer` mode).
+    pub log_writer: PathBuf,
 }
 
 /// Docker settings (SPEC §6, §9).
@@ -123,6 +155,8 @@ pub struct DockerSettings {
     pub host: Option<String>,
     /// Network workers join (`CONTAINERS_NETWORK`).
     pub network: String,
+    /// Worker isolation on the network's Linux bridge (local Engine, bridge driver only).
+    pub firewall: Option<WorkerFirewall>,
 }
 
 /// Settings shared by every backend.
@@ -133,7 +167,7 @@ pub struct CommonSettings {
     pub worker: WorkerDefaults,
     /// Agent state directory (journals, last-used, resolv.conf, netns pins, logs).
     pub state_dir: PathBuf,
-    /// Per-worker log file size bound, bytes.
+    /// Per-worker log bound on disk (live file + one rotated generation), bytes.
     pub worker_log_max_bytes: u64,
 }
 

@@ -121,3 +121,32 @@ pub struct RuntimeCapabilities {
     pub default_cpu_millis: u64,
     pub default_pids_limit: u64,
 }
+
+/// A cgroup file holding a worker's peak memory usage in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPeakProbe {
+    pub path: std::path::PathBuf,
+    /// Writing `0` resets the peak (cgroup v1 `memory.max_usage_in_bytes`), so a per-call
+    /// peak can be measured; otherwise it is the peak since the worker started (v2
+    /// `memory.peak`).
+    pub resettable: bool,
+}
+
+impl MemoryPeakProbe {
+    /// The probe for a cgroup at `rel` (e.g. `/ns/id`) under the host's cgroup mount of
+    /// `version` (1 or 2); `None` for an unknown version.
+    pub fn for_cgroup(version: u32, rel: &str) -> Option<Self> {
+        let rel = rel.trim_start_matches('/');
+        match version {
+            1 => Some(Self {
+                path: format!("/sys/fs/cgroup/memory/{rel}/memory.max_usage_in_bytes").into(),
+                resettable: true,
+            }),
+            2 => Some(Self {
+                path: format!("/sys/fs/cgroup/{rel}/memory.peak").into(),
+                resettable: false,
+            }),
+            _ => None,
+        }
+    }
+}

@@ -8,6 +8,7 @@ use esb_proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::invoke::{ReportCell, TrailerReport};
 use crate::rpc::RpcContext;
 use crate::service::{Core, parse_grpc_timeout};
 
@@ -34,6 +35,7 @@ impl AgentService for Grpc {
         let ctx = ctx(&request);
         let req = convert::ensure_request(request.into_inner())?;
         ctx.set_owner(&req.owner_id);
+        ctx.authorize(&req.owner_id)?;
         let worker = self.core.ensure(req).await?;
         ctx.set_container(&worker.id);
         Ok(Response::new(convert::worker_info(&worker)))
@@ -47,6 +49,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         let success = self.core.destroy(t).await?;
         Ok(Response::new(v1::DestroyContainerResponse { success }))
     }
@@ -59,6 +62,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         self.core.pause(t).await?;
         Ok(Response::new(v1::PauseContainerResponse { success: true }))
     }
@@ -71,6 +75,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         self.core.resume(t).await?;
         Ok(Response::new(v1::ResumeContainerResponse { success: true }))
     }
@@ -82,6 +87,7 @@ impl AgentService for Grpc {
         let ctx = ctx(&request);
         let owner = convert::owner(&request.get_ref().owner_id)?;
         ctx.set_owner(&owner);
+        ctx.authorize(&owner)?;
         let listed = self.core.list(&owner).await?;
         Ok(Response::new(convert::list_response(listed)))
     }
@@ -94,6 +100,7 @@ impl AgentService for Grpc {
         let r = request.into_inner();
         let t = convert::target(&r.container_id, &r.owner_id)?;
         ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
         let m = self.core.metrics(t).await?;
         Ok(Response::new(convert::container_metrics(m)))
     }
@@ -112,8 +119,24 @@ impl AgentService for Grpc {
         let default = self.core.invoker.settings().default_timeout;
         let call = convert::invoke_request(request.into_inner(), default)?;
         ctx.set_target(&call.target);
-        let reply = self.core.invoke(call, grpc_deadline).await?;
-        Ok(Response::new(convert::invoke_response(reply)))
+        ctx.authorize(&call.target.owner_id)?;
+        let report = ReportCell::new();
+        match self.core.invoke(call, grpc_deadline, &report).await {
+            Ok(reply) => {
+                let mut resp = Response::new(convert::invoke_response(reply));
+                if let Some(r) = report.into_inner() {
+                    resp.extensions_mut().insert(TrailerReport(Arc::new(r)));
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                let mut status = Status::from(e);
+                if let Some(r) = report.get() {
+                    r.attach_to(&mut status);
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn get_capabilities(

@@ -4,12 +4,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod authz;
 pub mod convert;
 pub mod error;
 mod events;
 mod grpc;
 mod health;
 pub mod invoke;
+pub mod logtail;
 pub mod metrics;
 mod ready;
 mod rpc;

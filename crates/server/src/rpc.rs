@@ -10,17 +10,27 @@ use std::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::authz::Peer;
 use crate::convert::Target;
 use crate::metrics::Metrics;
+use crate::status::ApiError;
 
-/// Identifiers a handler learnt, for the RPC's log line (set after validation only).
+/// Identifiers a handler learnt, for the RPC's log line (set after validation only), and the
+/// authenticated client of the connection.
 #[derive(Debug, Default)]
 pub struct RpcContext {
     owner: OnceLock<String>,
     container: OnceLock<String>,
+    /// `None` without TLS (token-only or no auth): no owner binding applies.
+    peer: Option<Arc<Peer>>,
 }
 
 impl RpcContext {
+    /// PERMISSION_DENIED unless the client may act for `owner` (M2); call before the runtime.
+    pub fn authorize(&self, owner: &str) -> Result<(), ApiError> {
+        self.peer.as_ref().map_or(Ok(()), |p| p.authorize(owner))
+    }
+
     pub fn set_owner(&self, owner: &str) {
         let _ = self.owner.set(owner.to_owned());
     }
@@ -162,6 +172,12 @@ impl Drop for Finish {
             .rpc_done(self.service, self.method, code, elapsed);
         let owner = self.ctx.owner.get().map_or("", String::as_str);
         let container_id = self.ctx.container.get().map_or("", String::as_str);
+        let client = self
+            .ctx
+            .peer
+            .as_ref()
+            .and_then(|p| p.identities.first())
+            .map_or("", String::as_str);
         let duration_us = elapsed.as_micros() as u64;
         // Health probes are frequent and uninteresting: debug only.
         if self.service == HEALTH_SERVICE {
@@ -180,6 +196,7 @@ impl Drop for Finish {
                 duration_us,
                 owner,
                 container_id,
+                client,
                 "rpc"
             );
         }
@@ -233,7 +250,10 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
         let (service, method) = split_path(req.uri().path());
-        let ctx = Arc::new(RpcContext::default());
+        let ctx = Arc::new(RpcContext {
+            peer: req.extensions().get::<Arc<Peer>>().cloned(),
+            ..RpcContext::default()
+        });
         req.extensions_mut().insert(ctx.clone());
         let mut finish = Finish {
             metrics: self.layer.metrics.clone(),

@@ -161,6 +161,7 @@ impl BoundServer {
                 self.core.metrics.clone(),
                 s.auth_token.clone(),
             ))
+            .layer(crate::invoke::ReportLayer)
             .add_service(health_svc)
             .add_service(agent)
             .add_optional_service(refl_v1)
@@ -309,4 +310,8 @@ async fn destroy_all(core: &Core) {
         }
     }
     let _ = core.table.flush();
+    // The worker firewall outlives a keep-policy stop (workers do); with destroy it goes too.
+    if let Err(e) = core.runtime.release_node_resources().await {
+        tracing::warn!(error = %e.chain(), "cannot remove the worker firewall at shutdown");
+    }
 }

@@ -10,11 +10,14 @@ use esb_runtime::{
 };
 
 use crate::convert::{InvokeCall, Target};
-use crate::invoke::{InvokeReply, Invoker};
+use crate::invoke::{InvokeReply, Invoker, NotInvocable, Outcome, ReportCell};
 use crate::metrics::Metrics;
 use crate::ready::ReadyFor;
 use crate::status::ApiError;
 use crate::workers::{Entry, WorkerTable};
+
+/// Bound on reading a stopped worker's exit code for the error message.
+const EXIT_INFO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Static facts GetCapabilities reports besides the runtime's.
 #[derive(Debug, Clone)]
@@ -141,17 +144,19 @@ impl Core {
             .map_err(|e| ApiError::from(e).for_metrics())
     }
 
-    /// `grpc_deadline`: the caller's deadline, if it sent one.
+    /// `grpc_deadline`: the caller's deadline, if it sent one. The report of an invocation
+    /// that reached the worker is left in `report`.
     pub async fn invoke(
         &self,
         call: InvokeCall,
         grpc_deadline: Option<Instant>,
+        report: &ReportCell,
     ) -> Result<InvokeReply, ApiError> {
         let entry = self.owned(&call.target).await?;
         // A failed invocation is a use too (SPEC §4).
         self.table.touch(&entry.id);
-        if let Some(e) = not_invocable(&entry.id, entry.status) {
-            return Err(e);
+        if let Err(e) = self.invocable(&entry.id, entry.status).await {
+            return Err(e.error);
         }
         let addr = entry.addr().ok_or_else(|| {
             ApiError::FailedPrecondition(format!("container {} has no ip address", entry.id))
@@ -161,23 +166,75 @@ impl Core {
             deadline = deadline.min(d);
         }
         let probe = || self.still_invocable(&entry.id);
-        self.invoker
-            .invoke(&entry.slot, addr, call, deadline, &probe)
-            .await
+        let peak = || self.runtime.memory_peak_probe(&entry.id);
+        let log_since = if crate::logtail::wants_tail(&call.headers) {
+            crate::logtail::before(self.runtime.as_ref(), &entry.id).await
+        } else {
+            None
+        };
+        let mut reply = self
+            .invoker
+            .invoke(&entry.slot, addr, call, deadline, &probe, peak, report)
+            .await?;
+        if let Some(since) = log_since
+            && let Some(tail) = crate::logtail::after(self.runtime.as_ref(), &entry.id, since).await
+        {
+            reply
+                .headers
+                .insert(crate::logtail::LOG_RESULT_HEADER.into(), tail);
+        }
+        Ok(reply)
     }
 
-    /// Asked while a worker keeps refusing connections: one targeted `inspect` (refreshing the
-    /// table) tells a cold start (running: keep waiting) from a worker that exited, was paused
-    /// or vanished outside the agent (fail now instead of at the deadline).
-    async fn still_invocable(&self, id: &str) -> Result<(), ApiError> {
+    /// Asked while a worker keeps refusing connections, or after its connection broke: one
+    /// targeted `inspect` (refreshing the table) tells a cold start (running: keep waiting)
+    /// from a worker that exited, was paused or vanished outside the agent (fail now instead
+    /// of at the deadline).
+    async fn still_invocable(&self, id: &str) -> Result<(), NotInvocable> {
         match self.table.reinspect(id).await {
-            Ok(Some(state)) => not_invocable(id, state.status).map_or(Ok(()), Err),
-            Ok(None) => Err(ApiError::NotFound(format!("container {id} not found"))),
+            Ok(Some(state)) => self.invocable(id, state.status).await,
+            Ok(None) => Err(NotInvocable {
+                error: ApiError::NotFound(format!("container {id} not found")),
+                exited: None,
+            }),
             Err(e) => {
                 // Cannot tell: keep treating it as a cold start.
                 tracing::debug!(container_id = %id, error = %e.chain(), "liveness inspect failed");
                 Ok(())
             }
+        }
+    }
+
+    /// Paused or exited workers are retryable elsewhere (the gateway replaces a worker on
+    /// UNAVAILABLE), so they fail at once with UNAVAILABLE; an exit names its code.
+    async fn invocable(&self, id: &str, status: WorkerStatus) -> Result<(), NotInvocable> {
+        match status {
+            WorkerStatus::Paused => Err(NotInvocable {
+                error: ApiError::Unavailable(format!(
+                    "container {id}: worker is paused; resume it before invoking"
+                )),
+                exited: None,
+            }),
+            // A stopped worker never starts listening: no cold-start wait until the deadline.
+            WorkerStatus::Stopped => {
+                let m = tokio::time::timeout(EXIT_INFO_TIMEOUT, self.runtime.metrics(id)).await;
+                let (code, oom) = match m {
+                    Ok(Ok(m)) => (Some(m.exit_code), m.oom_events > 0),
+                    _ => (None, false),
+                };
+                let mut msg = format!("container {id}: worker process exited");
+                if let Some(code) = code {
+                    msg.push_str(&format!(" with code {code}"));
+                }
+                if oom {
+                    msg.push_str(" (OOM-killed)");
+                }
+                Err(NotInvocable {
+                    error: ApiError::Unavailable(msg),
+                    exited: Some(if oom { Outcome::Oom } else { Outcome::Crashed }),
+                })
+            }
+            WorkerStatus::Running | WorkerStatus::Unknown => Ok(()),
         }
     }
 
@@ -223,20 +280,6 @@ impl Core {
             ("STOPPED", count(WorkerStatus::Stopped)),
             ("UNKNOWN", count(WorkerStatus::Unknown)),
         ]);
-    }
-}
-
-/// Why a worker in `status` cannot be invoked (none for running or unknown).
-fn not_invocable(id: &str, status: WorkerStatus) -> Option<ApiError> {
-    match status {
-        WorkerStatus::Paused => Some(ApiError::FailedPrecondition(format!(
-            "container {id} is paused; resume it before invoking"
-        ))),
-        // A stopped worker never starts listening: no cold-start wait until the deadline.
-        WorkerStatus::Stopped => Some(ApiError::FailedPrecondition(format!(
-            "container {id} is stopped"
-        ))),
-        WorkerStatus::Running | WorkerStatus::Unknown => None,
     }
 }
 

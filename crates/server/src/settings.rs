@@ -4,20 +4,51 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::authz::OwnerMap;
+
 /// TLS for the gRPC port (SPEC §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSettings {
     /// Plaintext; only when explicitly disabled (a warning is logged and reported).
     Disabled,
     /// mTLS: server cert/key, client certs verified against `client_ca` only.
-    Mutual {
-        cert_path: PathBuf,
-        key_path: PathBuf,
-        client_ca_path: PathBuf,
-        /// When non-empty, a client certificate must carry one of these identities
-        /// (a DNS/URI SAN or the subject CN).
-        allowed_client_identities: Vec<String>,
-    },
+    Mutual(MutualTls),
+}
+
+/// mTLS material and client authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutualTls {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub client_ca_path: PathBuf,
+    /// PEM CRLs checked for client certificates (every CA of a client chain needs one).
+    pub crl_path: Option<PathBuf>,
+    /// When non-empty, a client certificate must carry one of these identities
+    /// (a DNS/URI SAN, or the subject CN of a certificate without such SANs).
+    pub allowed_client_identities: Vec<String>,
+    /// Client identity → allowed owner ids; its identities are the allow-list when
+    /// `allowed_client_identities` is empty.
+    pub owner_map: OwnerMap,
+    /// Explicit waiver: any certificate of the CA may connect (no allow-list, no map).
+    pub allow_any_client: bool,
+    /// Period of the TLS file change check; `None`: only SIGHUP reloads.
+    pub reload_interval: Option<Duration>,
+}
+
+impl MutualTls {
+    /// The given files, no allow-list or waiver (set one), a 5 s reload check.
+    pub fn new(cert_path: PathBuf, key_path: PathBuf, client_ca_path: PathBuf) -> Self {
+        Self {
+            cert_path,
+            key_path,
+            client_ca_path,
+            crl_path: None,
+            allowed_client_identities: Vec::new(),
+            owner_map: OwnerMap::default(),
+            allow_any_client: false,
+            reload_interval: Some(Duration::from_secs(5)),
+        }
+    }
 }
 
 /// InvokeWorker proxy settings (SPEC §4).

@@ -1,18 +1,21 @@
 //! mTLS for the gRPC port (SPEC §10): rustls with the ring provider, TLS 1.2+, client
-//! certificates verified against the configured CA only, optional client-identity allow-list.
+//! certificates verified against the configured CA only (and its CRLs), a client-identity
+//! allow-list required unless explicitly waived, the identity → owner binding attached to each
+//! connection, and material that reloads without a restart.
 
-use std::path::Path;
+mod material;
+mod reload;
+mod stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use x509_parser::extensions::GeneralName;
 
+pub use self::reload::{Reload, Reloadable};
+pub use self::stream::PeerStream;
+use crate::authz::{OwnerMap, Peer, identities, identity_matches};
 use crate::error::ServerError;
 use crate::settings::TlsSettings;
 
@@ -22,128 +25,64 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts TLS connections and enforces the allow-list.
 #[derive(Clone)]
 pub struct TlsAcceptor {
-    acceptor: tokio_rustls::TlsAcceptor,
+    material: Arc<Reloadable>,
+    reload_interval: Option<Duration>,
+    /// Empty only when explicitly waived (any certificate of the CA).
     allowed: Arc<Vec<String>>,
+    owners: Arc<OwnerMap>,
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|source| ServerError::TlsFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let pem = read(what, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::TlsInvalid {
-            what,
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(ServerError::TlsInvalid {
-            what,
-            path: path.to_owned(),
-            reason: "no PEM certificate found".into(),
-        });
-    }
-    Ok(certs)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let what = "server key";
-    let pem = read(what, path)?;
-    let invalid = |reason: String| ServerError::TlsInvalid {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| invalid(e.to_string()))?
-        .ok_or_else(|| invalid("no PEM private key found".into()))
-}
-
-/// `None` when TLS is disabled.
+/// `None` when TLS is disabled. Refuses mTLS without an allow-list unless waived.
 pub fn load(tls: &TlsSettings) -> Result<Option<TlsAcceptor>, ServerError> {
-    let TlsSettings::Mutual {
-        cert_path,
-        key_path,
-        client_ca_path,
-        allowed_client_identities,
-    } = tls
-    else {
+    let TlsSettings::Mutual(m) = tls else {
         return Ok(None);
     };
-    let chain = certs("server certificate", cert_path)?;
-    let key = key(key_path)?;
-    // Only the configured CA: never the system or public roots.
-    let mut roots = RootCertStore::empty();
-    for ca in certs("client CA", client_ca_path)? {
-        roots.add(ca).map_err(|e| ServerError::TlsInvalid {
-            what: "client CA",
-            path: client_ca_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let allowed = if m.allowed_client_identities.is_empty() {
+        m.owner_map.identities()
+    } else {
+        m.allowed_client_identities.clone()
+    };
+    if allowed.is_empty() && !m.allow_any_client {
+        return Err(ServerError::Tls(NO_ALLOW_LIST.into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| ServerError::Tls(format!("server certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let material = Reloadable::load(material::Files::of(m))?;
     Ok(Some(TlsAcceptor {
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        allowed: Arc::new(allowed_client_identities.clone()),
+        material: Arc::new(material),
+        reload_interval: m.reload_interval,
+        allowed: Arc::new(allowed),
+        owners: Arc::new(m.owner_map.clone()),
     }))
 }
 
-/// DNS/URI SANs and subject CNs of a certificate.
-pub fn identities(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => out.push((*d).to_owned()),
-                GeneralName::URI(u) => out.push((*u).to_owned()),
-                _ => {}
-            }
-        }
-    }
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(s) = cn.as_str() {
-            out.push(s.to_owned());
-        }
-    }
-    out
-}
+/// The one start-up line when TLS is on without any client restriction.
+pub const NO_ALLOW_LIST: &str = "mTLS without a client allow-list would admit every certificate of the CA: set AGENT_GRPC_ALLOWED_CLIENTS or AGENT_CLIENT_OWNER_MAP, or AGENT_GRPC_ALLOW_ANY_CLIENT_CERT=1 to accept that";
 
 fn allowed(ids: &[String], allow: &[String]) -> bool {
     allow.is_empty()
-        || ids.iter().any(|id| {
-            allow
-                .iter()
-                .any(|a| a == id || (!a.contains(':') && a.eq_ignore_ascii_case(id)))
-        })
+        || ids
+            .iter()
+            .any(|id| allow.iter().any(|a| identity_matches(a, id)))
+}
+
+/// Aborts the reload watcher when the accept loop ends (it is aborted at shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl TlsAcceptor {
-    /// Accepts connections into `tx` until the task is aborted.
+    /// Accepts connections into `tx` until the task is aborted; watches the TLS files meanwhile.
     pub async fn accept_loop(
         self,
         listener: TcpListener,
-        tx: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+        tx: mpsc::Sender<std::io::Result<PeerStream>>,
     ) {
+        let _watch = AbortOnDrop(tokio::spawn(
+            self.material.clone().watch(self.reload_interval),
+        ));
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -157,10 +96,10 @@ impl TlsAcceptor {
             let this = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                // The material current at accept time; a reload affects later connections only.
+                let acceptor = tokio_rustls::TlsAcceptor::from(this.material.current());
                 let tls =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, this.acceptor.accept(stream))
-                        .await
-                    {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::warn!(%peer, error = %e, "tls handshake rejected");
@@ -171,20 +110,23 @@ impl TlsAcceptor {
                             return;
                         }
                     };
-                if !this.allowed.is_empty() {
-                    let ids = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| identities(c.as_ref()))
-                        .unwrap_or_default();
-                    if !allowed(&ids, &this.allowed) {
-                        tracing::warn!(%peer, identities = ?ids, "client certificate identity not in the allow-list");
-                        return;
-                    }
+                let ids = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| identities(c.as_ref()))
+                    .unwrap_or_default();
+                if !allowed(&ids, &this.allowed) {
+                    tracing::warn!(%peer, identities = ?ids, "client certificate identity not in the allow-list");
+                    return;
                 }
-                let _ = tx.send(Ok(tls)).await;
+                let scope = this.owners.scope(&ids);
+                let peer = Peer {
+                    identities: ids,
+                    scope,
+                };
+                let _ = tx.send(Ok(PeerStream::new(tls, peer))).await;
             });
         }
     }

@@ -127,7 +127,7 @@ impl WorkerTable {
                 ip: Some(w.ip),
                 port: w.port,
                 created_at: w.created_at,
-                slot: Arc::new(Slot::default()),
+                slot: Arc::new(Slot::fresh()),
                 seen: Instant::now(),
             }),
         );
@@ -348,6 +348,7 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
 }
 
 fn load(file: &Path) -> HashMap<String, i64> {
+    esb_runtime::fsutil::sweep_temp_files(file);
     match std::fs::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(path = %file.display(), error = %e, "ignoring unreadable last-used state");
@@ -361,13 +362,12 @@ fn load(file: &Path) -> HashMap<String, i64> {
     }
 }
 
+/// Unique temp file + fsync + rename + directory fsync (review L4).
 fn write_atomic(file: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = file.with_extension("json.tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, file)
+    esb_runtime::fsutil::write_atomic(file, data)
 }
 
 #[cfg(test)]

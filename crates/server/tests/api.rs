@@ -7,10 +7,15 @@ mod api {
     pub mod harness;
     pub mod invoke;
     pub mod liveness;
+    pub mod logtail;
     pub mod observability;
     pub mod ready;
+    pub mod pki;
     pub mod relist;
+    pub mod report;
     pub mod service;
     pub mod tls;
+    pub mod tls_owner;
+    pub mod tls_reload;
     pub mod worker;
 }

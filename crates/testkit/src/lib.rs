@@ -7,6 +7,7 @@ pub mod client;
 pub mod ctr;
 pub mod http;
 pub mod observe;
+pub mod sandbox;
 pub mod scenarios;
 
 use std::future::Future;

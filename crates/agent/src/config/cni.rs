@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use esb_runtime::identity::{Identity, SUBNET_SLOTS};
-use esb_runtime::settings::CniSettings;
+use esb_runtime::settings::{CniSettings, WorkerFirewall};
 
 use super::env;
 use super::{ConfigError, Vars};
@@ -153,7 +153,42 @@ pub fn load(
         net_dir: v.abs_path(env::CNI_NET_DIR, "/var/lib/cni/networks")?,
         ip_masq: v.bool(env::CNI_IP_MASQ, true)?,
         identity_file: v.abs_path(env::CNI_IDENTITY_FILE, "/var/lib/cni/esb-cni.env")?,
-        protected_ports: Vec::new(),
+        firewall: Some(worker_firewall(v, identity, &identity.cni_network_name())?),
+    })
+}
+
+/// Default `AGENT_WORKER_DENY_CIDRS`: link-local, home of cloud metadata services.
+pub const DEFAULT_DENY_CIDRS: &str = "169.254.0.0/16";
+
+/// The worker firewall (review H5), scoped to the workers' `network` and ENV (M5).
+pub fn worker_firewall(
+    v: &Vars<'_>,
+    identity: &Identity,
+    network: &str,
+) -> Result<WorkerFirewall, ConfigError> {
+    let raw = v.string(env::AGENT_WORKER_DENY_CIDRS, DEFAULT_DENY_CIDRS)?;
+    let mut deny_cidrs = Vec::new();
+    if !raw.trim().eq_ignore_ascii_case("none") {
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let net = Ipv4Net::parse(part, true).ok_or_else(|| {
+                v.bad(
+                    env::AGENT_WORKER_DENY_CIDRS,
+                    &raw,
+                    "comma-separated IPv4 networks in CIDR form (no host bits), e.g. 169.254.0.0/16,10.0.0.0/8, or none",
+                )
+            })?;
+            deny_cidrs.push(net.to_string());
+        }
+    }
+    let egress = v.choice(
+        env::AGENT_WORKER_EGRESS,
+        true,
+        &[("all", true), ("none", false)],
+    )?;
+    Ok(WorkerFirewall {
+        scope: format!("{network}/{}", identity.env()),
+        deny_cidrs,
+        egress,
     })
 }
 

@@ -98,7 +98,34 @@ fn worker(v: &Vars<'_>) -> Result<WorkerDefaults, ConfigError> {
             1_000_000,
         )?,
         pids_limit: v.u64_in(env::AGENT_WORKER_PIDS_LIMIT, d.pids_limit, 16, 4_194_304)?,
+        oom_score_adj: v.u64_in(
+            env::AGENT_WORKER_OOM_SCORE_ADJ,
+            d.oom_score_adj.unsigned_abs().into(),
+            0,
+            1000,
+        )? as i32,
+        run_as: run_as(v)?,
     })
+}
+
+/// `AGENT_WORKER_USER`: `uid:gid`, both numeric, uid not 0 (unset = image user as is).
+fn run_as(v: &Vars<'_>) -> Result<Option<(u32, u32)>, ConfigError> {
+    let Some(raw) = v.raw(env::AGENT_WORKER_USER)? else {
+        return Ok(None);
+    };
+    let parsed = raw
+        .trim()
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+        .filter(|(uid, _)| *uid != 0);
+    match parsed {
+        Some(ids) => Ok(Some(ids)),
+        None => Err(v.bad(
+            env::AGENT_WORKER_USER,
+            &raw,
+            "numeric uid:gid with a non-zero uid, e.g. 1000:1000",
+        )),
+    }
 }
 
 pub fn containerd(v: &Vars<'_>, identity: &Identity) -> Result<ContainerdSettings, ConfigError> {
@@ -134,10 +161,12 @@ pub fn containerd(v: &Vars<'_>, identity: &Identity) -> Result<ContainerdSetting
         runtime,
         snapshotter,
         namespace: identity.namespace().to_string(),
+        // Resolved at start (serve): the agent's own executable.
+        log_writer: std::path::PathBuf::new(),
     })
 }
 
-pub fn docker(v: &Vars<'_>) -> Result<DockerSettings, ConfigError> {
+pub fn docker(v: &Vars<'_>, identity: &Identity) -> Result<DockerSettings, ConfigError> {
     let network = v.raw(env::CONTAINERS_NETWORK)?.ok_or_else(|| {
         ConfigError::new(
             env::CONTAINERS_NETWORK,
@@ -153,7 +182,12 @@ pub fn docker(v: &Vars<'_>) -> Result<DockerSettings, ConfigError> {
         // What the Docker backend's client speaks (no TLS to the Engine).
         return Err(v.bad(env::DOCKER_HOST, h, "a unix://, tcp:// or http:// URL"));
     }
-    Ok(DockerSettings { host, network })
+    let firewall = Some(super::cni::worker_firewall(v, identity, &network)?);
+    Ok(DockerSettings {
+        host,
+        network,
+        firewall,
+    })
 }
 
 /// `path` must be an existing regular file (checked at start-up, not at first use).

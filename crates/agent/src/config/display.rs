@@ -27,22 +27,42 @@ pub fn render(c: &Config) -> String {
         TlsSettings::Disabled => {
             rows.push(("server.tls", "DISABLED (plaintext, insecure)".to_string()))
         }
-        TlsSettings::Mutual {
-            cert_path,
-            key_path,
-            client_ca_path,
-            allowed_client_identities,
-        } => {
+        TlsSettings::Mutual(m) => {
             rows.push(("server.tls", "mutual".to_string()));
-            rows.push(("server.tls.cert_path", cert_path.display().to_string()));
-            rows.push(("server.tls.key_path", key_path.display().to_string()));
+            rows.push(("server.tls.cert_path", m.cert_path.display().to_string()));
+            rows.push(("server.tls.key_path", m.key_path.display().to_string()));
             rows.push((
                 "server.tls.client_ca_path",
-                client_ca_path.display().to_string(),
+                m.client_ca_path.display().to_string(),
+            ));
+            rows.push((
+                "server.tls.crl_path",
+                m.crl_path
+                    .as_ref()
+                    .map_or("<none>".to_string(), |p| p.display().to_string()),
             ));
             rows.push((
                 "server.tls.allowed_clients",
-                list(allowed_client_identities),
+                if !m.allowed_client_identities.is_empty() {
+                    list(&m.allowed_client_identities)
+                } else if !m.owner_map.is_empty() {
+                    "the identities of client_owner_map".to_string()
+                } else {
+                    "any certificate of the CA (waived)".to_string()
+                },
+            ));
+            rows.push((
+                "server.tls.client_owner_map",
+                if m.owner_map.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    m.owner_map.to_string()
+                },
+            ));
+            rows.push((
+                "server.tls.reload_interval",
+                m.reload_interval
+                    .map_or("off (SIGHUP only)".to_string(), format_duration),
             ));
         }
     }
@@ -110,6 +130,12 @@ pub fn render(c: &Config) -> String {
         ),
         ("worker.cpu_max_millis", w.cpu_max_millis.to_string()),
         ("worker.pids_limit", w.pids_limit.to_string()),
+        ("worker.oom_score_adj", w.oom_score_adj.to_string()),
+        (
+            "worker.user",
+            w.run_as
+                .map_or("image".to_string(), |(u, g)| format!("{u}:{g}")),
+        ),
         (
             "worker.log_max_bytes",
             c.common.worker_log_max_bytes.to_string(),
@@ -146,6 +172,20 @@ pub fn render(c: &Config) -> String {
                 ("cni.gateway", cni.gateway.clone()),
                 ("cni.dns_server", cni.dns_server.clone()),
                 ("cni.ip_masq", cni.ip_masq.to_string()),
+                (
+                    "cni.worker_deny_cidrs",
+                    cni.firewall
+                        .as_ref()
+                        .map(|f| f.deny_cidrs.join(","))
+                        .unwrap_or_default(),
+                ),
+                (
+                    "cni.worker_egress",
+                    match cni.firewall.as_ref().map(|f| f.egress) {
+                        Some(false) => "none".to_string(),
+                        _ => "all".to_string(),
+                    },
+                ),
                 ("cni.conf_dir", cni.conf_dir.display().to_string()),
                 ("cni.conf_file", cni.conf_file.display().to_string()),
                 ("cni.bin_dir", cni.bin_dir.display().to_string()),

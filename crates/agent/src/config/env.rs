@@ -38,7 +38,11 @@ settings! {
     AGENT_GRPC_CERT_PATH = "AGENT_GRPC_CERT_PATH", "grpc-cert-path", false, "Server certificate (PEM)";
     AGENT_GRPC_KEY_PATH = "AGENT_GRPC_KEY_PATH", "grpc-key-path", false, "Server private key (PEM)";
     AGENT_GRPC_CA_CERT_PATH = "AGENT_GRPC_CA_CERT_PATH", "grpc-ca-cert-path", false, "CA that client certificates must chain to";
-    AGENT_GRPC_ALLOWED_CLIENTS = "AGENT_GRPC_ALLOWED_CLIENTS", "grpc-allowed-clients", false, "Comma-separated client identities (SAN or CN) allowed to call";
+    AGENT_GRPC_ALLOWED_CLIENTS = "AGENT_GRPC_ALLOWED_CLIENTS", "grpc-allowed-clients", false, "Comma-separated client identities (DNS/URI SAN; CN only without such SANs) allowed to call";
+    AGENT_CLIENT_OWNER_MAP = "AGENT_CLIENT_OWNER_MAP", "client-owner-map", false, "Client identity to allowed owner ids: id=owner|prefix*,id2=*";
+    AGENT_GRPC_ALLOW_ANY_CLIENT_CERT = "AGENT_GRPC_ALLOW_ANY_CLIENT_CERT", "grpc-allow-any-client-cert", false, "1/true admits any certificate of the CA (no allow-list)";
+    AGENT_GRPC_CRL_PATH = "AGENT_GRPC_CRL_PATH", "grpc-crl-path", false, "PEM CRLs checked for client certificates";
+    AGENT_GRPC_TLS_RELOAD_INTERVAL = "AGENT_GRPC_TLS_RELOAD_INTERVAL", "grpc-tls-reload-interval", false, "Period of the TLS file change check (off = SIGHUP only)";
     AGENT_AUTH_TOKEN = "AGENT_AUTH_TOKEN", "auth-token", true, "Bearer token required from callers (secret)";
     AGENT_AUTH_TOKEN_FILE = "AGENT_AUTH_TOKEN_FILE", "auth-token-file", false, "File holding the bearer token";
     AGENT_GRPC_REFLECTION = "AGENT_GRPC_REFLECTION", "grpc-reflection", false, "1/true enables gRPC reflection";
@@ -57,7 +61,9 @@ settings! {
     AGENT_WORKER_CPU_MILLIS = "AGENT_WORKER_CPU_MILLIS", "worker-cpu-millis", false, "Worker CPU quota, millicores, or auto (proportional to memory)";
     AGENT_WORKER_CPU_MAX_MILLIS = "AGENT_WORKER_CPU_MAX_MILLIS", "worker-cpu-max-millis", false, "Upper bound of the proportional CPU quota, millicores";
     AGENT_WORKER_PIDS_LIMIT = "AGENT_WORKER_PIDS_LIMIT", "worker-pids-limit", false, "Worker pids limit";
-    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log file size bound, bytes";
+    AGENT_WORKER_OOM_SCORE_ADJ = "AGENT_WORKER_OOM_SCORE_ADJ", "worker-oom-score-adj", false, "oom_score_adj of worker processes (0 to 1000)";
+    AGENT_WORKER_USER = "AGENT_WORKER_USER", "worker-user", false, "uid:gid that replaces root for images running as root";
+    AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log bound on disk (live + rotated), bytes";
     // registry
     CONTAINER_REGISTRY = "CONTAINER_REGISTRY", "container-registry", false, "Registry for image references without a host";
     CONTAINER_REGISTRY_INSECURE = "CONTAINER_REGISTRY_INSECURE", "container-registry-insecure", false, "1/true/yes/on: plain HTTP to registries";
@@ -79,6 +85,8 @@ settings! {
     CNI_NET_DIR = "CNI_NET_DIR", "cni-net-dir", false, "host-local IPAM data directory";
     CNI_IP_MASQ = "CNI_IP_MASQ", "cni-ip-masq", false, "Masquerade worker traffic leaving the bridge";
     CNI_IDENTITY_FILE = "CNI_IDENTITY_FILE", "cni-identity-file", false, "Identity file read by the gateway (esb-cni.env)";
+    AGENT_WORKER_DENY_CIDRS = "AGENT_WORKER_DENY_CIDRS", "worker-deny-cidrs", false, "IPv4 CIDRs workers may never reach through the node (comma-separated; none = empty)";
+    AGENT_WORKER_EGRESS = "AGENT_WORKER_EGRESS", "worker-egress", false, "Worker connections beyond the node: all (minus the denied CIDRs) or none";
     // docker
     DOCKER_HOST = "DOCKER_HOST", "docker-host", false, "Docker Engine endpoint (unix://, tcp://, http://)";
 }

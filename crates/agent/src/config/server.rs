@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use esb_server::{InvokeSettings, ServerSettings, ShutdownPolicy, TlsSettings};
+use esb_server::{
+    InvokeSettings, MutualTls, OwnerMap, ServerSettings, ShutdownPolicy, TlsSettings,
+};
 
 use super::common::require_file;
 use super::env;
@@ -164,12 +166,27 @@ fn tls(v: &Vars<'_>) -> Result<TlsSettings, ConfigError> {
             "comma-separated identities without spaces",
         ));
     }
+    let owner_map = match v.raw(env::AGENT_CLIENT_OWNER_MAP)? {
+        Some(s) => {
+            OwnerMap::parse(&s).map_err(|e| ConfigError::new(env::AGENT_CLIENT_OWNER_MAP, e))?
+        }
+        None => OwnerMap::default(),
+    };
+    let allow_any_client = v.bool(env::AGENT_GRPC_ALLOW_ANY_CLIENT_CERT, false)?;
+    let reload_interval = reload_interval(v)?;
+    let crl_path = v.opt_abs_path(env::AGENT_GRPC_CRL_PATH)?;
     if v.bool(env::AGENT_GRPC_TLS_DISABLED, false)? {
-        if !allowed.is_empty() {
-            return Err(ConfigError::new(
-                env::AGENT_GRPC_ALLOWED_CLIENTS,
-                "needs client certificates, but AGENT_GRPC_TLS_DISABLED turns TLS off",
-            ));
+        for (var, set) in [
+            (env::AGENT_GRPC_ALLOWED_CLIENTS, !allowed.is_empty()),
+            (env::AGENT_CLIENT_OWNER_MAP, !owner_map.is_empty()),
+            (env::AGENT_GRPC_CRL_PATH, crl_path.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    var,
+                    "needs client certificates, but AGENT_GRPC_TLS_DISABLED turns TLS off",
+                ));
+            }
         }
         return Ok(TlsSettings::Disabled);
     }
@@ -178,15 +195,43 @@ fn tls(v: &Vars<'_>) -> Result<TlsSettings, ConfigError> {
         require_file(var, &p)?;
         Ok(p)
     };
-    Ok(TlsSettings::Mutual {
-        cert_path: file(env::AGENT_GRPC_CERT_PATH, "/app/config/ssl/server.crt")?,
-        key_path: file(env::AGENT_GRPC_KEY_PATH, "/app/config/ssl/server.key")?,
-        client_ca_path: file(
+    let mut m = MutualTls::new(
+        file(env::AGENT_GRPC_CERT_PATH, "/app/config/ssl/server.crt")?,
+        file(env::AGENT_GRPC_KEY_PATH, "/app/config/ssl/server.key")?,
+        file(
             env::AGENT_GRPC_CA_CERT_PATH,
             "/usr/local/share/ca-certificates/rootCA.crt",
         )?,
-        allowed_client_identities: allowed,
-    })
+    );
+    if let Some(p) = &crl_path {
+        require_file(env::AGENT_GRPC_CRL_PATH, p)?;
+    }
+    // M2: any certificate of the (often deployment-wide) CA is not an authorization.
+    if allowed.is_empty() && owner_map.is_empty() && !allow_any_client {
+        return Err(ConfigError::new(
+            env::AGENT_GRPC_ALLOWED_CLIENTS,
+            "is required with mTLS: set it or AGENT_CLIENT_OWNER_MAP, or set AGENT_GRPC_ALLOW_ANY_CLIENT_CERT=1 to admit every certificate of AGENT_GRPC_CA_CERT_PATH",
+        ));
+    }
+    m.crl_path = crl_path;
+    m.allowed_client_identities = allowed;
+    m.owner_map = owner_map;
+    m.allow_any_client = allow_any_client;
+    m.reload_interval = reload_interval;
+    Ok(TlsSettings::Mutual(m))
+}
+
+/// `AGENT_GRPC_TLS_RELOAD_INTERVAL`: a duration (at least 100 ms), or `0`/`off` for SIGHUP only.
+fn reload_interval(v: &Vars<'_>) -> Result<Option<Duration>, ConfigError> {
+    let var = env::AGENT_GRPC_TLS_RELOAD_INTERVAL;
+    match v.raw(var)?.map(|s| s.to_ascii_lowercase()).as_deref() {
+        Some("off" | "0" | "0s") => Ok(None),
+        _ => Ok(Some(v.duration(
+            var,
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )?)),
+    }
 }
 
 /// The bearer token from `AGENT_AUTH_TOKEN` or `AGENT_AUTH_TOKEN_FILE` (not both).

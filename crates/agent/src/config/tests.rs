@@ -78,9 +78,32 @@ fn containerd_derives_cni_from_identity() {
     assert_eq!(cni.bridge, "esb-esbefb03b");
     assert_eq!(cni.subnet, "10.184.208.0/23");
     assert_eq!(cni.gateway, "10.184.208.1");
-    let mut ports = vec![c.server.listen_addr.port()];
-    ports.extend(c.server.metrics_addr.map(|a| a.port()));
-    assert_eq!(cni.protected_ports, ports);
+    let fw = cni
+        .firewall
+        .as_ref()
+        .expect("worker firewall on by default");
+    let other = load(&containerd_src(
+        dir.path(),
+        &[
+            ("ENV", "stage"),
+            ("AGENT_WORKER_DENY_CIDRS", " 169.254.0.0/16, 10.0.0.0/8 "),
+            ("AGENT_WORKER_EGRESS", "none"),
+        ],
+    ))
+    .unwrap();
+    let Backend::Containerd { cni: other, .. } = &other.backend else {
+        panic!("containerd expected")
+    };
+    let ofw = other.firewall.as_ref().unwrap();
+    assert_eq!(
+        ofw.scope, "esb-net/stage",
+        "another ENV, another scope (M5)"
+    );
+    assert_eq!(ofw.deny_cidrs, ["169.254.0.0/16", "10.0.0.0/8"]);
+    assert!(!ofw.egress);
+    assert_eq!(fw.scope, "esb-net/dev");
+    assert_eq!(fw.deny_cidrs, vec!["169.254.0.0/16".to_string()]);
+    assert!(fw.egress);
     assert_eq!(cni.dns_server, "10.184.208.1");
     assert_eq!(cni.conf_file, dir.path().join("net.d/10-esb-net.conflist"));
     assert!(cni.ip_masq);
@@ -233,17 +256,79 @@ fn mtls_files_and_allow_list() {
         ("AGENT_GRPC_ALLOWED_CLIENTS", "gateway, spiffe://esb/gw ,"),
     ]))
     .unwrap();
-    let TlsSettings::Mutual {
-        allowed_client_identities,
-        ..
-    } = &c.server.tls
-    else {
+    let TlsSettings::Mutual(m) = &c.server.tls else {
         panic!()
     };
-    assert_eq!(allowed_client_identities, &["gateway", "spiffe://esb/gw"]);
+    assert_eq!(m.allowed_client_identities, ["gateway", "spiffe://esb/gw"]);
+    assert!(m.owner_map.is_empty() && !m.allow_any_client);
+    assert_eq!(m.reload_interval, Some(Duration::from_secs(5)));
     // Default paths do not exist here: TLS on by default fails naming the cert variable.
     let err = load(&docker_src(&[("AGENT_GRPC_TLS_DISABLED", "")])).unwrap_err();
     assert_eq!(err.var, "AGENT_GRPC_CERT_PATH", "{err}");
+}
+
+/// M2: with mTLS on, an allow-list (or an owner map) is required unless explicitly waived.
+#[test]
+fn mtls_requires_an_allow_list_or_a_waiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("x.pem");
+    std::fs::write(&pem, "pem").unwrap();
+    let pem = pem.to_str().unwrap();
+    let tls_on = |extra: &[(&'static str, &'static str)]| {
+        let mut pairs = vec![
+            ("AGENT_GRPC_TLS_DISABLED", "0"),
+            ("AGENT_GRPC_CERT_PATH", pem),
+            ("AGENT_GRPC_KEY_PATH", pem),
+            ("AGENT_GRPC_CA_CERT_PATH", pem),
+        ];
+        pairs.extend_from_slice(extra);
+        load(&docker_src(&pairs))
+    };
+    let err = tls_on(&[]).unwrap_err();
+    let line = err.to_string();
+    assert_eq!(err.var, "AGENT_GRPC_ALLOWED_CLIENTS", "{line}");
+    for name in [
+        "AGENT_GRPC_ALLOWED_CLIENTS",
+        "AGENT_CLIENT_OWNER_MAP",
+        "AGENT_GRPC_ALLOW_ANY_CLIENT_CERT=1",
+    ] {
+        assert!(line.contains(name), "{line}");
+    }
+    assert!(!line.contains('\n'));
+    // The explicit waiver.
+    let c = tls_on(&[("AGENT_GRPC_ALLOW_ANY_CLIENT_CERT", "1")]).unwrap();
+    let TlsSettings::Mutual(m) = &c.server.tls else {
+        panic!()
+    };
+    assert!(m.allow_any_client && m.allowed_client_identities.is_empty());
+    assert!(render(&c).contains("any certificate of the CA (waived)"));
+    // An owner map alone: its identities are the allow-list.
+    let c = tls_on(&[
+        (
+            "AGENT_CLIENT_OWNER_MAP",
+            "gw-a.local=owner-a|team-*, spiffe://esb/ops=*",
+        ),
+        ("AGENT_GRPC_TLS_RELOAD_INTERVAL", "off"),
+    ])
+    .unwrap();
+    let TlsSettings::Mutual(m) = &c.server.tls else {
+        panic!()
+    };
+    assert_eq!(m.owner_map.identities(), ["gw-a.local", "spiffe://esb/ops"]);
+    assert_eq!(m.reload_interval, None);
+    assert!(
+        render(&c).contains("gw-a.local=owner-a|team-*,spiffe://esb/ops=*"),
+        "{}",
+        render(&c)
+    );
+    // Owner binding and CRLs need TLS.
+    for (var, value) in [
+        ("AGENT_CLIENT_OWNER_MAP", "gw=o"),
+        ("AGENT_GRPC_CRL_PATH", pem),
+    ] {
+        let err = load(&docker_src(&[(var, value)])).unwrap_err();
+        assert_eq!(err.var, var, "{err}");
+    }
 }
 
 #[test]
@@ -284,6 +369,12 @@ fn bad_values_name_their_variable() {
         ("AGENT_GRPC_TLS_DISABLED", "maybe"),
         ("AGENT_GRPC_REFLECTION", "2"),
         ("AGENT_GRPC_ALLOWED_CLIENTS", "gw"),
+        ("AGENT_CLIENT_OWNER_MAP", "gw"),
+        ("AGENT_CLIENT_OWNER_MAP", "gw=a||b"),
+        ("AGENT_GRPC_ALLOW_ANY_CLIENT_CERT", "maybe"),
+        ("AGENT_GRPC_CRL_PATH", "relative.crl"),
+        ("AGENT_GRPC_TLS_RELOAD_INTERVAL", "soon"),
+        ("AGENT_GRPC_TLS_RELOAD_INTERVAL", "10ms"),
         ("AGENT_AUTH_TOKEN", "has space"),
         ("AGENT_AUTH_TOKEN_FILE", "relative/token"),
         ("AGENT_GRPC_MAX_REQUEST_BYTES", "1024"),
@@ -301,6 +392,9 @@ fn bad_values_name_their_variable() {
         ("AGENT_WORKER_CPU_MILLIS", "lots"),
         ("AGENT_WORKER_CPU_MAX_MILLIS", "1"),
         ("AGENT_WORKER_PIDS_LIMIT", "0"),
+        ("AGENT_WORKER_OOM_SCORE_ADJ", "1001"),
+        ("AGENT_WORKER_USER", "0:0"),
+        ("AGENT_WORKER_USER", "app"),
         ("AGENT_WORKER_LOG_MAX_BYTES", "12"),
         ("CONTAINER_REGISTRY", "https://registry:5010"),
         ("CONTAINER_REGISTRY_INSECURE", "sometimes"),
@@ -329,6 +423,9 @@ fn bad_values_name_their_variable() {
         ("CNI_NET_DIR", "networks"),
         ("CNI_IP_MASQ", "perhaps"),
         ("CNI_IDENTITY_FILE", "esb-cni.env"),
+        ("AGENT_WORKER_DENY_CIDRS", "169.254.0.0/16,10.0.0.1/8"),
+        ("AGENT_WORKER_DENY_CIDRS", "fd00::/8"),
+        ("AGENT_WORKER_EGRESS", "some"),
     ];
     let tested = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let check = |src: MapSource, var: &str, value: &str| {

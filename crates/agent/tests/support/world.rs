@@ -210,13 +210,17 @@ impl World {
         let _ = Command::new("ip")
             .args(["link", "del", self.net.bridge])
             .output();
-        // The agent keeps its firewall rule across stops (workers may outlive it): drop ours.
+        // The agent keeps its firewall across stops (workers may outlive it): drop its jumps
+        // for our bridge and the chains they target.
         let _ = Command::new("sh")
             .args([
                 "-c",
                 &format!(
-                    "iptables -w -S INPUT | grep -F -- '-i {} ' | grep -F 'esb-agent ' \
-                 | sed 's/^-A /-D /' | while read -r r; do eval \"iptables -w $r\"; done",
+                    "for c in INPUT FORWARD; do iptables -w -S $c | grep -F -- '-i {} ' \
+                 | grep -F 'esb-agent ' | while read -r r; do \
+                 t=$(echo \"$r\" | sed -n 's/.*-j \\(ESB[IF]-[0-9a-f]*\\).*/\\1/p'); \
+                 eval \"iptables -w $(echo \"$r\" | sed 's/^-A /-D /')\"; \
+                 [ -n \"$t\" ] && iptables -w -F $t && iptables -w -X $t; done; done",
                     self.net.bridge
                 ),
             ])

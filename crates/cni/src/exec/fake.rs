@@ -24,6 +24,7 @@ struct State {
     calls: Vec<(String, CniCommand, String)>,
     rules: Vec<FailRule>,
     next_ip: u32,
+    isolated: Vec<String>,
 }
 
 /// Fake plugin executor.
@@ -68,10 +69,20 @@ impl FakeExec {
     pub fn calls(&self) -> Vec<(String, CniCommand, String)> {
         self.lock().calls.clone()
     }
+
+    /// Host veth names passed to `isolate_port`, in order.
+    pub fn isolated_ports(&self) -> Vec<String> {
+        self.lock().isolated.clone()
+    }
 }
 
 #[async_trait::async_trait]
 impl PluginExec for FakeExec {
+    async fn isolate_port(&self, ifname: &str) -> Result<(), CniError> {
+        self.lock().isolated.push(ifname.to_string());
+        Ok(())
+    }
+
     async fn exec(&self, call: &PluginCall) -> Result<Option<Value>, CniError> {
         let mut st = self.lock();
         st.calls

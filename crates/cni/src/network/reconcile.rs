@@ -13,7 +13,16 @@ use crate::{ipam, netns};
 /// (the next round catches real orphans). Entries of earlier processes are never recent.
 const RECONCILE_GRACE: Duration = Duration::from_secs(5);
 
-pub(super) async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Result<u64, CniError> {
+/// A reservation with no journal entry of ours must be at least this old before it is
+/// released: another agent sharing the store (M5) reserves before its container exists, and
+/// one attach is bounded far below this (plugin timeout 30 s, a few retries).
+pub(crate) const FOREIGN_GRACE: Duration = Duration::from_secs(300);
+
+pub(super) async fn reconcile(
+    inner: &Arc<Inner>,
+    live: &HashSet<String>,
+    runtime_ids: &HashSet<String>,
+) -> Result<u64, CniError> {
     let cutoff = std::time::Instant::now().checked_sub(RECONCILE_GRACE);
     let mut released = 0u64;
     let mut first_err = None;
@@ -41,6 +50,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Res
     }
     let inner2 = inner.clone();
     let live2 = live.clone();
+    let runtime_ids = runtime_ids.clone();
     released += blocking(move || {
         // Journal existence is checked at decision time, not from a snapshot: attach writes its
         // entry before the netns and the IPAM reservation exist, so a reservation or pin whose
@@ -49,7 +59,15 @@ pub(super) async fn reconcile(inner: &Arc<Inner>, live: &HashSet<String>) -> Res
             !live2.contains(owner) && !inner2.busy(owner) && !inner2.journal.exists(owner)
         };
         let mut n = 0u64;
-        for r in ipam::release_where(&inner2.ipam_dir(), orphan)? {
+        // Not ours by journal: only when no runtime knows the owner and it is not fresh.
+        let stale = |r: &ipam::Reservation| {
+            orphan(&r.owner)
+                && !runtime_ids.contains(&r.owner)
+                && r.modified
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age >= FOREIGN_GRACE)
+        };
+        for r in ipam::release_where(&inner2.ipam_dir(), stale)? {
             tracing::info!(owner = %r.owner, ip = %r.ip, "released orphaned ipam reservation");
             n += 1;
         }

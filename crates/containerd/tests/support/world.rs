@@ -40,6 +40,7 @@ impl World {
             runtime: "io.containerd.runc.v2".into(),
             snapshotter: "overlayfs".into(),
             namespace: brand.clone(),
+            log_writer: PathBuf::from(env!("CARGO_BIN_EXE_esb-containerd-log-writer")),
         };
         let subnet = 100 + n;
         let cni = CniSettings {
@@ -54,7 +55,7 @@ impl World {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
-            protected_ports: Vec::new(),
+            firewall: None,
         };
         let world = Self {
             n,

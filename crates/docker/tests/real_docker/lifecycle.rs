@@ -174,6 +174,7 @@ async fn worker_carries_labels_limits_and_hardening() -> anyhow::Result<()> {
     assert_eq!(h.pids_limit, Some(1024));
     assert!(
         h.security_opt
+            .clone()
             .unwrap_or_default()
             .iter()
             .any(|o| o.starts_with("no-new-privileges"))
@@ -186,6 +187,33 @@ async fn worker_carries_labels_limits_and_hardening() -> anyhow::Result<()> {
     assert_eq!(opts.get("max-file").map(String::as_str), Some("2"));
     assert_eq!(opts.get("max-size").map(String::as_str), Some("524288"));
     assert_eq!(h.network_mode.as_deref(), Some(ctx.docker.network.as_str()));
+    // Sandbox (review H4/L5): capabilities dropped, OOM preference, seccomp never disabled.
+    let dropped = h.cap_drop.clone().unwrap_or_default();
+    for cap in ["NET_RAW", "MKNOD", "SETFCAP"] {
+        assert!(dropped.iter().any(|c| c == cap), "{cap} in {dropped:?}");
+    }
+    assert_eq!(h.oom_score_adj, Some(500));
+    let opts = h.security_opt.clone().unwrap_or_default();
+    assert!(!opts.iter().any(|o| o.contains("unconfined")), "{opts:?}");
+    let info = ctx.raw.info().await?;
+    let daemon_opts = info.security_options.unwrap_or_default();
+    assert!(
+        daemon_opts.iter().any(|o| o.contains("name=seccomp")),
+        "dockerd runs without seccomp: {daemon_opts:?}"
+    );
+    // What the kernel applied to the worker process itself.
+    let status = esb_testkit::sandbox::worker_status(w.ip).await?;
+    assert_eq!(status.seccomp, 2, "{status:?}");
+    assert!(status.no_new_privs, "{status:?}");
+    for bit in [
+        esb_testkit::sandbox::CAP_NET_RAW_BIT,
+        esb_testkit::sandbox::CAP_MKNOD_BIT,
+        esb_testkit::sandbox::CAP_SETFCAP_BIT,
+    ] {
+        assert_eq!(status.cap_bnd & (1 << bit), 0, "cap bit {bit}: {status:?}");
+    }
+    let adj = esb_testkit::sandbox::read_worker_file(w.ip, "/proc/self/oom_score_adj").await?;
+    assert_eq!(adj.trim(), "500");
     assert!(rt.destroy(&w.id).await?);
     Ok(())
 }

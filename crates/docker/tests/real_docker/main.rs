@@ -6,7 +6,9 @@
 mod support;
 
 mod failures;
+mod isolation;
 mod lifecycle;
+mod logs;
 mod observe;
 mod ownership;
 mod pulls;

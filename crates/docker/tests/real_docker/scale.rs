@@ -29,6 +29,7 @@ async fn unreachable_daemon_is_unavailable() -> anyhow::Result<()> {
     let settings = esb_runtime::settings::DockerSettings {
         host: Some("unix:///work/main/.dev/no-such-docker.sock".into()),
         network: "none".into(),
+        firewall: None,
     };
     let err = esb_docker::DockerRuntime::connect(ctx_common, settings)
         .await

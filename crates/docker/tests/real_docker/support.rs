@@ -35,6 +35,7 @@ impl Ctx {
         let docker = DockerSettings {
             host: Some(host),
             network: env.docker_network.clone().context("docker network")?,
+            firewall: None,
         };
         remove_brand(&raw, &brand).await;
         ensure_local_image(&raw, env.worker_image.as_deref().unwrap_or_default()).await?;

@@ -231,7 +231,7 @@ async fn a_request_the_worker_received_is_never_resent() {
 }
 
 #[tokio::test]
-async fn paused_worker_fails_at_once_and_no_ip_is_failed_precondition() {
+async fn paused_or_exited_worker_is_unavailable_at_once_and_no_ip_is_failed_precondition() {
     let worker = Worker::start().await;
     let (agent, id) = setup(&worker, |_| {}).await;
     let mut c = agent.client().await;
@@ -246,7 +246,8 @@ async fn paused_worker_fails_at_once_and_no_ip_is_failed_precondition() {
         .invoke_worker(req(&id, serde_json::json!({})))
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert_eq!(s.code(), Code::Unavailable);
+    assert!(s.message().contains("worker is paused"), "{}", s.message());
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(worker.deliveries(), 0);
     // A stopped worker (learnt from a listing) fails at once too.
@@ -267,8 +268,12 @@ async fn paused_worker_fails_at_once_and_no_ip_is_failed_precondition() {
         .invoke_worker(req(&id, serde_json::json!({})))
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::FailedPrecondition);
-    assert!(s.message().contains("stopped"), "{}", s.message());
+    assert_eq!(s.code(), Code::Unavailable);
+    assert!(
+        s.message().contains("exited with code 0"),
+        "{}",
+        s.message()
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     // A worker the runtime knows without an address.
     agent.rt.insert_worker(esb_runtime::WorkerState {
@@ -413,4 +418,48 @@ async fn a_changed_ip_gets_a_new_connection_to_the_new_address() {
         .await
         .unwrap();
     assert_eq!(second.deliveries(), 2);
+}
+
+/// M6: a deadline that fires while the worker runs the call must not free the worker for the
+/// next queued call; the worker (which keeps running, like a real RIE) never sees two at once.
+#[tokio::test]
+async fn deadlines_never_put_two_invocations_on_one_worker() {
+    let worker = Worker::start().await;
+    let (agent, id) = setup(&worker, |_| {}).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let mut c = agent.client().await;
+        let mut r = req(&id, serde_json::json!({"sleep_ms": 400, "hold": true}));
+        // Short deadlines, some shorter than the call itself, some long enough to queue.
+        r.timeout_ms = [150, 300, 900, 1500][i % 4];
+        calls.push(tokio::spawn(async move { c.invoke_worker(r).await }));
+    }
+    let mut codes = Vec::new();
+    for call in calls {
+        codes.push(
+            call.await
+                .unwrap()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+        );
+    }
+    assert!(codes.contains(&Code::DeadlineExceeded), "{codes:?}");
+    assert!(worker.deliveries() >= 2, "{}", worker.deliveries());
+    assert_eq!(
+        worker.seen.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "{codes:?}"
+    );
+    // Once the last held call has finished, the worker is usable again, on the same
+    // connection (the drained answer returned it to the pool).
+    super::harness::eventually(|| worker.seen.in_flight.load(Ordering::SeqCst) == 0).await;
+    let mut c = agent.client().await;
+    let resp = c
+        .invoke_worker(req(&id, serde_json::json!({})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(worker.seen.max_in_flight.load(Ordering::SeqCst), 1);
+    assert_eq!(worker.seen.connections.load(Ordering::SeqCst), 1);
 }

@@ -1,6 +1,6 @@
 //! InvokeWorker against a worker that refuses connections: a bounded runtime `inspect` tells a
 //! cold start (keep waiting) from a worker stopped, paused or removed outside the agent (fail
-//! at once).
+//! at once: UNAVAILABLE, retryable on another worker; NOT_FOUND when removed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,13 +49,17 @@ async fn a_worker_stopped_outside_the_agent_fails_well_before_the_deadline() {
     let (agent, id) = setup(|_| {}).await;
     agent.rt.set_status(&id, WorkerStatus::Stopped);
     let (s, took) = invoke_err(&agent, &id, 10_000).await;
-    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
-    assert!(s.message().contains("stopped"), "{}", s.message());
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(
+        s.message().contains("exited with code 0"),
+        "{}",
+        s.message()
+    );
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(agent.rt.count(Op::Inspect), 1);
     // The table learnt it: the next call fails at once, without another inspect.
     let (s, took) = invoke_err(&agent, &id, 10_000).await;
-    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     assert!(took < Duration::from_millis(200), "{took:?}");
     assert_eq!(agent.rt.count(Op::Inspect), 1);
 }
@@ -65,8 +69,8 @@ async fn a_worker_paused_outside_the_agent_fails_well_before_the_deadline() {
     let (agent, id) = setup(|_| {}).await;
     agent.rt.set_status(&id, WorkerStatus::Paused);
     let (s, took) = invoke_err(&agent, &id, 10_000).await;
-    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
-    assert!(s.message().contains("paused"), "{}", s.message());
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("worker is paused"), "{}", s.message());
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
 

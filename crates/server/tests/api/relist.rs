@@ -19,8 +19,8 @@ async fn periodic_relisting_refreshes_the_table() {
     eventually(|| agent.rt.count(Op::List) >= 2).await;
     let inspects = agent.rt.count(Op::Inspect);
     let (s, took) = invoke_err(&agent, &id, 10_000).await;
-    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
-    assert!(s.message().contains("paused"), "{}", s.message());
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("worker is paused"), "{}", s.message());
     assert!(took < Duration::from_millis(200), "{took:?}");
     assert_eq!(
         agent.rt.count(Op::Inspect),

@@ -1,132 +1,25 @@
 //! mTLS (SPEC §10): only certificates of the configured CA, allow-list, bearer token,
 //! no plaintext when TLS is on, clear start-up errors naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use esb_proto::v1;
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_runtime::fake::FakeRuntime;
-use esb_server::TlsSettings;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use esb_server::{MutualTls, TlsSettings};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::harness::{Agent, settings};
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        issuer: Issuer::new(p, key),
-        pem: cert.pem(),
-    }
-}
-
-/// (cert pem, key pem)
-fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>, server: bool) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.subject_alt_names = sans;
-    p.extended_key_usages = vec![if server {
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-    other: Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ca("esb test ca");
-        let other = ca_public_looking();
-        let (cert, key) = leaf(
-            &ca,
-            "agent",
-            vec![
-                SanType::DnsName("localhost".try_into().unwrap()),
-                SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            ],
-            true,
-        );
-        std::fs::write(dir.path().join("server.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), key).unwrap();
-        std::fs::write(dir.path().join("ca.crt"), &ca.pem).unwrap();
-        Self { dir, ca, other }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tls(&self, allow: &[&str]) -> TlsSettings {
-        TlsSettings::Mutual {
-            cert_path: self.path("server.crt"),
-            key_path: self.path("server.key"),
-            client_ca_path: self.path("ca.crt"),
-            allowed_client_identities: allow.iter().map(|s| (*s).to_owned()).collect(),
-        }
-    }
-}
-
-fn ca_public_looking() -> Ca {
-    ca("DigiCert Global Root G2")
-}
-
-fn gateway_sans() -> Vec<SanType> {
-    vec![
-        SanType::DnsName("gateway.local".try_into().unwrap()),
-        SanType::URI("spiffe://esb/gateway".try_into().unwrap()),
-    ]
-}
+use super::pki::{Pki, caps, dns, gateway_sans, leaf};
 
 async fn tls_client(
     agent: &Agent,
     pki: &Pki,
     identity: Option<(String, String)>,
 ) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
-    let mut cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca.pem))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        cfg = cfg.identity(Identity::from_pem(cert, key));
-    }
-    let ch = Channel::from_shared(format!("https://localhost:{}", agent.addr.port()))
-        .unwrap()
-        .tls_config(cfg)?
-        .connect()
-        .await?;
-    Ok(AgentServiceClient::new(ch))
-}
-
-async fn caps(
-    c: Result<AgentServiceClient<Channel>, tonic::transport::Error>,
-) -> Result<v1::Capabilities, String> {
-    let mut c = c.map_err(|e| format!("connect: {e}"))?;
-    c.get_capabilities(v1::GetCapabilitiesRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| format!("{s:?}"))
+    super::pki::tls_client(agent.addr, &pki.ca.pem, identity).await
 }
 
 async fn start(pki: &Pki, allow: &[&str], token: Option<&str>) -> Agent {
@@ -189,12 +82,7 @@ async fn allow_list_matches_san_or_cn() {
             .await
             .is_ok()
     );
-    let stranger = leaf(
-        &pki.ca,
-        "intruder",
-        vec![SanType::DnsName("intruder.local".try_into().unwrap())],
-        false,
-    );
+    let stranger = leaf(&pki.ca, "intruder", vec![dns("intruder.local")], false);
     assert!(
         caps(tls_client(&agent, &pki, Some(stranger)).await)
             .await
@@ -230,9 +118,12 @@ async fn bearer_token_is_required_when_configured() {
 async fn bad_tls_material_names_the_file() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let check = |tls: TlsSettings, needle: &Path| {
+    let check = |m: MutualTls, needle: &Path| {
         let mut s = settings(dir.path());
-        s.tls = tls;
+        s.tls = TlsSettings::Mutual(MutualTls {
+            allow_any_client: true,
+            ..m
+        });
         let needle = needle.display().to_string();
         async move {
             let err = esb_server::bind(s, Arc::new(FakeRuntime::new()))
@@ -243,20 +134,10 @@ async fn bad_tls_material_names_the_file() {
         }
     };
     let missing = pki.path("missing.crt");
-    let TlsSettings::Mutual {
-        key_path,
-        client_ca_path,
-        ..
-    } = pki.tls(&[])
-    else {
-        unreachable!()
-    };
     check(
-        TlsSettings::Mutual {
+        MutualTls {
             cert_path: missing.clone(),
-            key_path: key_path.clone(),
-            client_ca_path: client_ca_path.clone(),
-            allowed_client_identities: vec![],
+            ..pki.mutual()
         },
         &missing,
     )
@@ -264,23 +145,70 @@ async fn bad_tls_material_names_the_file() {
     let garbage = pki.path("garbage.pem");
     std::fs::write(&garbage, "not a pem").unwrap();
     check(
-        TlsSettings::Mutual {
-            cert_path: pki.path("server.crt"),
-            key_path: key_path.clone(),
+        MutualTls {
             client_ca_path: garbage.clone(),
-            allowed_client_identities: vec![],
+            ..pki.mutual()
         },
         &garbage,
     )
     .await;
     check(
-        TlsSettings::Mutual {
-            cert_path: pki.path("server.crt"),
+        MutualTls {
             key_path: garbage.clone(),
-            client_ca_path,
-            allowed_client_identities: vec![],
+            ..pki.mutual()
         },
         &garbage,
     )
     .await;
+    check(
+        MutualTls {
+            crl_path: Some(garbage.clone()),
+            ..pki.mutual()
+        },
+        &garbage,
+    )
+    .await;
+}
+
+/// M2: mTLS without an allow-list, an owner map or the explicit waiver does not start, and
+/// the one error line names the settings to set.
+#[tokio::test]
+async fn start_is_refused_without_an_allow_list() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.tls = TlsSettings::Mutual(pki.mutual());
+    let err = esb_server::bind(s, Arc::new(FakeRuntime::new()))
+        .await
+        .err()
+        .expect("must refuse to start")
+        .to_string();
+    assert!(!err.contains('\n'), "{err}");
+    for name in [
+        "AGENT_GRPC_ALLOWED_CLIENTS",
+        "AGENT_CLIENT_OWNER_MAP",
+        "AGENT_GRPC_ALLOW_ANY_CLIENT_CERT",
+    ] {
+        assert!(err.contains(name), "{err}");
+    }
+}
+
+/// M2: a subject CN is an identity only when the certificate has no DNS/URI SAN, so a CA that
+/// issues SAN certificates cannot be tricked by a CN naming an allowed client.
+#[tokio::test]
+async fn cn_is_ignored_when_a_san_is_present() {
+    let pki = Pki::new();
+    let agent = start(&pki, &["ops-cli"], None).await;
+    let cn_only = leaf(&pki.ca, "ops-cli", vec![], false);
+    assert!(
+        caps(tls_client(&agent, &pki, Some(cn_only)).await)
+            .await
+            .is_ok()
+    );
+    let cn_with_san = leaf(&pki.ca, "ops-cli", vec![dns("intruder.local")], false);
+    assert!(
+        caps(tls_client(&agent, &pki, Some(cn_with_san)).await)
+            .await
+            .is_err()
+    );
 }

@@ -1,6 +1,7 @@
 //! A loopback RIE-style worker for invoke tests, written on raw TCP so tests control exactly
 //! what happens on the wire (drop after reading, slow start, disconnect detection).
-//! Payload JSON: `sleep_ms`, `status`, `headers`, `body_bytes`, `drop`.
+//! Payload JSON: `sleep_ms`, `hold` (keep sleeping when the client disconnects, like a real
+//! runtime interface emulator), `status`, `headers`, `body_bytes`, `drop`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -161,7 +162,11 @@ async fn conn(mut s: TcpStream, seen: Arc<Seen>) {
             seen.in_flight.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        if let Some(ms) = p["sleep_ms"].as_u64() {
+        if let Some(ms) = p["sleep_ms"].as_u64()
+            && p["hold"] == true
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else if let Some(ms) = p["sleep_ms"].as_u64() {
             let mut probe = [0u8; 1];
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(ms)) => {}

@@ -15,6 +15,8 @@ use esb_cni::{AttachState, CniError, CniNetwork};
 use esb_runtime::ErrorKind;
 use esb_runtime::settings::CniSettings;
 
+mod isolation;
+
 fn plugin_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(
         std::env::var("ESB_TEST_CNI_BIN_DIR").unwrap_or_else(|_| "/usr/lib/cni".into()),
@@ -53,10 +55,10 @@ impl TestNet {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
-            protected_ports: Vec::new(),
+            firewall: None,
         };
         del_bridge(&settings.bridge);
-        let _ = esb_cni::firewall::remove(&settings.network_name);
+        let _ = esb_cni::firewall::remove(&scope(n));
         Self { n, dir, settings }
     }
 
@@ -115,9 +117,8 @@ impl TestNet {
         let rules = iptables_rules();
         let subnet_prefix = format!("10.199.{}.", self.n);
         assert!(
-            !rules
-                .iter()
-                .any(|l| l.contains(&subnet_prefix) || l.contains(&self.settings.bridge)),
+            !rules.iter().any(|l| l.contains(&subnet_prefix)
+                || l.split_whitespace().any(|w| w == self.settings.bridge)),
             "iptables rules left: {rules:?}"
         );
     }
@@ -126,12 +127,19 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         for pin in self.pins() {
-            let p = self.state().join("cni/netns").join(pin);
+            let p = self.state().join("cni/netns").join(&pin);
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            // A failed test skips DEL: drop the plugin's host-wide spoof-check rules too.
+            esb_cni::spoofchk::teardown(&pin, "eth0");
         }
         del_bridge(&self.settings.bridge);
-        let _ = esb_cni::firewall::remove(&self.settings.network_name);
+        let _ = esb_cni::firewall::remove(&scope(self.n));
     }
+}
+
+/// The firewall scope a test network uses when it turns the firewall on.
+fn scope(n: u8) -> String {
+    format!("esbt-c{n}-net/test")
 }
 
 fn list(dir: &Path) -> Vec<String> {
@@ -305,6 +313,7 @@ async fn reconcile_releases_only_unowned() {
     // A reservation nobody journaled (e.g. the agent died inside ADD long ago) and a stray pin.
     let store = t.settings.net_dir.join(&t.settings.network_name);
     std::fs::write(store.join("10.199.3.200"), "ghost\r\neth0").expect("stray ipam");
+    backdate(&store.join("10.199.3.200"));
     std::fs::write(t.state().join("cni/netns/stray"), b"").expect("stray pin");
 
     // A restarted agent reconciles against its journal and the host state.
@@ -386,6 +395,10 @@ async fn reconcile_after_reboot_like_state() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     t.assert_clean();
+    assert!(
+        spoofchk_rules("w-boot").is_empty(),
+        "the plugin skips its macspoofchk teardown without a netns; we do it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,26 +424,13 @@ async fn full_range_is_resource_exhausted() {
     t.assert_clean();
 }
 
-/// Our firewall rules in `iptables -S INPUT` for `net`.
-fn firewall_rules(net: &str) -> Vec<String> {
-    let comment = esb_cni::firewall::comment(net);
-    let out = Command::new("iptables")
-        .args(["-w", "-S", "INPUT"])
-        .output()
-        .expect("iptables");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&comment))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Connects from inside the netns at `pin` to `ip:port`; returns the error kind on failure.
+/// Connects from inside the netns at `pin` to `ip:port` (2 s timeout); the error kind on
+/// failure.
 fn connect_from_netns(pin: &Path, ip: IpAddr, port: u16) -> Result<(), std::io::ErrorKind> {
     let ns = std::fs::File::open(pin).expect("open pin");
     std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(3))
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2))
             .map(drop)
             .map_err(|e| e.kind())
     })
@@ -438,47 +438,81 @@ fn connect_from_netns(pin: &Path, ip: IpAddr, port: u16) -> Result<(), std::io::
     .expect("connect thread")
 }
 
+/// The bridge plugin's `macspoofchk` nftables lines for container `id` (interface eth0).
+fn spoofchk_rules(id: &str) -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "bridge", "nat"])
+        .output();
+    let needle = format!("macspoofchk-{id}-eth0\"");
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Makes a reservation look older than reconcile's grace for owners outside its journal.
+fn backdate(path: &Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(old))
+        .expect("backdate");
+}
+
+/// Review M5: two ENVs of one brand share the network (IPAM store, bridge). One agent's
+/// reconcile must not release the other's reservations, old or fresh; only an old reservation
+/// nobody knows goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_cannot_reach_protected_ports() {
+async fn reconcile_spares_other_envs_reservations() {
     let Some(bin) = plugin_dir() else { return };
-    let mut t = TestNet::new(9, &bin);
-    let protected = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind A");
-    let open = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind B");
-    let (a, b) = (
-        protected.local_addr().expect("A").port(),
-        open.local_addr().expect("B").port(),
-    );
-    // A rule from an "earlier run" with other ports is replaced, not duplicated.
-    t.settings.protected_ports = vec![b];
-    t.network().await;
-    assert_eq!(firewall_rules(&t.settings.network_name).len(), 1);
-    t.settings.protected_ports = vec![a];
-    let net = t.network().await;
-    net.install().await.expect("install twice");
-    let rules = firewall_rules(&t.settings.network_name);
-    assert_eq!(rules.len(), 1, "{rules:?}");
-    assert!(
-        rules[0].contains(&format!("--dports {a} ")) && rules[0].contains("-i esbt-c9 "),
-        "{rules:?}"
-    );
+    let t = TestNet::new(72, &bin);
+    let dev = t.network().await;
+    let stage =
+        CniNetwork::new(t.settings.clone(), &t.dir.path().join("stage-state")).expect("second env");
+    stage.install().await.expect("install stage");
+    let mine = dev.attach("esb-dev-fn-1").await.expect("attach dev");
+    let theirs = stage.attach("esb-stage-fn-1").await.expect("attach stage");
+    let store = t.settings.net_dir.join(&t.settings.network_name);
+    let their_ip = theirs.ip.expect("ip").to_string();
+    backdate(&store.join(&their_ip));
+    // Another ENV's Ensure between ADD and container creation: fresh and unknown to containerd.
+    std::fs::write(store.join("10.199.72.201"), "esb-stage-fn-2\r\neth0").expect("fresh");
+    // Left by nobody alive, long ago.
+    std::fs::write(store.join("10.199.72.202"), "esb-dev-fn-ghost\r\neth0").expect("ghost");
+    backdate(&store.join("10.199.72.202"));
 
-    let att = net.attach("w-1").await.expect("attach");
-    let gw: IpAddr = "10.199.9.1".parse().expect("gw");
-    assert_eq!(connect_from_netns(&att.netns_path, gw, b), Ok(()));
-    let started = std::time::Instant::now();
+    let dev = CniNetwork::new(t.settings.clone(), &t.state()).expect("restarted dev agent");
+    let live: HashSet<String> = ["esb-dev-fn-1".to_string()].into();
+    let runtime: HashSet<String> =
+        ["esb-dev-fn-1".to_string(), "esb-stage-fn-1".to_string()].into();
     assert_eq!(
-        connect_from_netns(&att.netns_path, gw, a),
-        Err(std::io::ErrorKind::ConnectionRefused)
+        dev.reconcile_with(&live, &runtime)
+            .await
+            .expect("reconcile"),
+        1
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "reset, not a timeout"
-    );
+    let mut left = t.ipam_files();
+    left.sort();
+    let mut want = vec![
+        mine.ip.expect("ip").to_string(),
+        their_ip.clone(),
+        "10.199.72.201".to_string(),
+    ];
+    want.sort();
+    assert_eq!(left, want, "only the old unknown reservation went");
+    // The other ENV's worker is untouched and still reachable.
+    let ip = theirs.ip.expect("ip");
+    let server = serve_in_netns(&theirs.netns_path, ip, 8080);
+    assert_eq!(fetch(ip, 8080), "hello");
+    server.join().expect("server");
 
-    net.detach("w-1").await.expect("detach");
-    net.remove_firewall().await.expect("remove");
-    net.remove_firewall().await.expect("remove twice");
-    assert!(firewall_rules(&t.settings.network_name).is_empty());
+    std::fs::remove_file(store.join("10.199.72.201")).expect("rm fresh");
+    dev.detach("esb-dev-fn-1").await.expect("detach dev");
+    stage.detach("esb-stage-fn-1").await.expect("detach stage");
     t.assert_clean();
-    drop((protected, open));
 }

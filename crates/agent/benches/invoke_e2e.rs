@@ -1,0 +1,329 @@
+//! What a user of InvokeWorker gets (`cargo bench -p esb-agent --bench invoke_e2e`; needs the
+//! dev containerd, run it under the daemon lock): the release `esb-agent` binary on the
+//! containerd backend, real worker containers on the CNI bridge, one tonic channel.
+//! - floor: a bare tonic unary round trip (GetCapabilities) to the same agent;
+//! - 1 caller: InvokeWorker vs a direct keep-alive POST to the same worker, `{"echo":true}`,
+//!   interleaved ABBA blocks; added p50/p99 = agent − direct;
+//! - 16 callers over 16 workers: req/s through the agent vs direct, ABBA phases.
+//!
+//! Env: `BENCH_CALLS` (1-caller calls per side, default 5000), `BENCH_SECS` (seconds per
+//! 16-caller phase, default 3).
+
+#![allow(clippy::unwrap_used)] // the shared test world panics as its failure report
+
+#[path = "../tests/support/world.rs"]
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use esb_proto::v1::agent_service_client::AgentServiceClient;
+use esb_proto::v1::{
+    DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest,
+};
+use support::{Net, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+const NET: Net = Net {
+    namespace: "esbthpb",
+    env: "hpb",
+    bridge: "esbt-hpb",
+    subnet: "10.199.197.0/24",
+    scratch_prefix: "scratch-hotpath-bench-",
+};
+const OWNER: &str = "owner-bench";
+const PAYLOAD: &[u8] = br#"{"echo":true}"#;
+const WORKERS: usize = 16;
+const BLOCK: usize = 250;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A direct keep-alive HTTP/1.1 client to one worker: the request in one write, the response
+/// read until its Content-Length (the test worker always sends one).
+struct Direct {
+    stream: TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Direct {
+    async fn connect(ip: IpAddr) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(ip, 8080);
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut request = format!(
+            "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n\r\n",
+            PAYLOAD.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(PAYLOAD);
+        Ok(Self {
+            stream,
+            request,
+            buf: Vec::with_capacity(8192),
+        })
+    }
+
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.stream.write_all(&self.request).await?;
+        self.buf.clear();
+        loop {
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("worker closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .context("no content-length")?;
+                while self.buf.len() < end + 4 + len {
+                    let n = self.stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        bail!("worker closed the connection");
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                if !head.starts_with("http/1.1 200") {
+                    bail!("worker answered {}", head.lines().next().unwrap_or(""));
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn invoke_req(id: &str) -> InvokeWorkerRequest {
+    InvokeWorkerRequest {
+        container_id: id.into(),
+        owner_id: OWNER.into(),
+        payload: PAYLOAD.to_vec(),
+        timeout_ms: 10_000,
+        ..Default::default()
+    }
+}
+
+async fn agent_call(c: &mut AgentServiceClient<Channel>, id: &str) -> anyhow::Result<()> {
+    let r = c.invoke_worker(invoke_req(id)).await?.into_inner();
+    if r.status_code != 200 {
+        bail!("worker answered {}", r.status_code);
+    }
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Calls/s of `callers` tasks, task `i` running `call(i)` (which returns its call count).
+async fn throughput<F, Fut>(callers: usize, call: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let call = call.clone();
+            tokio::spawn(async move { call(i).await })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bench(world: &World) -> anyhow::Result<()> {
+    let calls = env_usize("BENCH_CALLS", 5000);
+    let secs = env_usize("BENCH_SECS", 3) as u64;
+    let mut agent = world.spawn("bench-invoke-e2e", "destroy");
+    let mut c = agent.client(Duration::from_secs(30)).await?;
+    let mut workers = Vec::new();
+    for i in 0..WORKERS {
+        let w = c
+            .ensure_container(EnsureContainerRequest {
+                function_name: format!("bench-{i}"),
+                image: world.image.clone(),
+                env: Default::default(),
+                owner_id: OWNER.into(),
+            })
+            .await?
+            .into_inner();
+        workers.push((w.id, w.ip_address.parse::<IpAddr>()?));
+    }
+    let result = measure(&mut c, &workers, calls, secs).await;
+    for (id, _) in &workers {
+        let _ = c
+            .destroy_container(DestroyContainerRequest {
+                container_id: id.clone(),
+                owner_id: OWNER.into(),
+                ..Default::default()
+            })
+            .await;
+    }
+    agent.terminate(Duration::from_secs(20));
+    result
+}
+
+async fn measure(
+    c: &mut AgentServiceClient<Channel>,
+    workers: &[(String, IpAddr)],
+    calls: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let (id, ip) = workers[0].clone();
+    let mut direct = Direct::connect(ip).await?;
+    for _ in 0..200 {
+        agent_call(c, &id).await?;
+        direct.call().await?;
+        c.get_capabilities(GetCapabilitiesRequest {}).await?;
+    }
+    // Floor: a bare tonic unary round trip to the same agent.
+    let mut floor = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        c.get_capabilities(GetCapabilitiesRequest {}).await?;
+        floor.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // 1 caller, ABBA blocks.
+    let (mut a, mut b) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    let blocks = calls.div_ceil(BLOCK);
+    for blk in 0..blocks {
+        let agent_first = matches!(blk % 4, 0 | 3);
+        for side in [agent_first, !agent_first] {
+            for _ in 0..BLOCK {
+                let t = Instant::now();
+                if side {
+                    agent_call(c, &id).await?;
+                    a.push(t.elapsed().as_secs_f64() * 1e6);
+                } else {
+                    direct.call().await?;
+                    b.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    let (floor, a, b) = (sorted(floor), sorted(a), sorted(b));
+    // 16 callers over 16 workers: agent and direct phases, ABBA.
+    let (mut agent_rps, mut direct_rps) = (Vec::new(), Vec::new());
+    let ws: Arc<Vec<(String, IpAddr)>> = Arc::new(workers.to_vec());
+    for phase in [true, false, false, true] {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let ws = ws.clone();
+        let rps = if phase {
+            let ch = c.clone();
+            throughput(workers.len(), move |i| {
+                let (mut c, id) = (ch.clone(), ws[i].0.clone());
+                async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        agent_call(&mut c, &id).await?;
+                        n += 1;
+                    }
+                    Ok(n)
+                }
+            })
+            .await?
+        } else {
+            throughput(workers.len(), move |i| {
+                let ip = ws[i].1;
+                async move {
+                    let mut d = Direct::connect(ip).await?;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        d.call().await?;
+                        n += 1;
+                    }
+                    Ok(n)
+                }
+            })
+            .await?
+        };
+        if phase {
+            agent_rps.push(rps);
+        } else {
+            direct_rps.push(rps);
+        }
+    }
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (ar, dr) = (avg(&agent_rps), avg(&direct_rps));
+    println!();
+    println!(
+        "## InvokeWorker through the release agent (containerd, real workers, {} calls/side)",
+        a.len()
+    );
+    println!();
+    println!("| 1 caller | p50 µs | p99 µs |");
+    println!("|---|---|---|");
+    println!(
+        "| bare tonic unary (GetCapabilities) | {:.0} | {:.0} |",
+        pct(&floor, 0.5),
+        pct(&floor, 0.99)
+    );
+    println!(
+        "| InvokeWorker via agent | {:.0} | {:.0} |",
+        pct(&a, 0.5),
+        pct(&a, 0.99)
+    );
+    println!(
+        "| direct keep-alive POST | {:.0} | {:.0} |",
+        pct(&b, 0.5),
+        pct(&b, 0.99)
+    );
+    println!(
+        "| **added by the agent** | **{:.0}** | **{:.0}** |",
+        pct(&a, 0.5) - pct(&b, 0.5),
+        pct(&a, 0.99) - pct(&b, 0.99)
+    );
+    println!();
+    println!("| {WORKERS} callers over {WORKERS} workers, {secs} s × 2 phases each | req/s |");
+    println!("|---|---|");
+    println!("| via agent (one channel) | {ar:.0} |");
+    println!("| direct | {dr:.0} |");
+    println!("| **agent / direct** | **{:.2}** |", ar / dr);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::containerd() else {
+        eprintln!("invoke_e2e: no dev containerd (ESB_TEST_CONTAINERD_SOCKET); skipped");
+        return Ok(());
+    };
+    let world = World::new(&env, NET);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let res = rt.block_on(bench(&world));
+    let left = world.leftovers();
+    drop(world);
+    res?;
+    if !left.is_empty() {
+        bail!("leftovers after the benchmark: {left:?}");
+    }
+    Ok(())
+}
