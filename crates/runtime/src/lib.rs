@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod names;
 pub mod observe;
+pub mod report;
 pub mod settings;
 pub mod status;
 pub mod types;

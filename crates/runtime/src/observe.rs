@@ -89,6 +89,9 @@ pub trait Observer: Send + Sync + 'static {
     fn rollback(&self, op: &'static str);
     /// Current number of IPAM reservations / network attachments (containerd + CNI only).
     fn ipam_reservations(&self, _n: u64) {}
+    /// A new worker's process exited while the backend was still starting it (before the
+    /// server's ready wait could see it); the ensure fails.
+    fn exited_at_start(&self) {}
 }
 
 /// Discards everything; what a backend uses until an observer is installed.

@@ -48,8 +48,12 @@ pub(crate) async fn event_loop(core: Arc<Core>) {
                                 core.metrics.events.event(ev.kind);
                                 if core.table.apply_event(&ev) {
                                     tracing::debug!(container_id = %ev.id, kind = ev.kind.as_str(), "worker event applied");
-                                    if let WorkerEventKind::Exited { exit_code, oom } = ev.kind {
-                                        tracing::info!(container_id = %ev.id, exit_code, oom, "worker exited");
+                                    match ev.kind {
+                                        WorkerEventKind::Exited { exit_code, oom } => {
+                                            tracing::info!(container_id = %ev.id, exit_code, oom, "worker exited");
+                                        }
+                                        WorkerEventKind::Deleted => release_removed(&core, ev.id),
+                                        _ => {}
                                     }
                                 }
                             }
@@ -83,6 +87,19 @@ pub(crate) async fn event_loop(core: Arc<Core>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A known worker's container record is gone — removed outside the agent, or by the agent's
+/// own destroy, which this repeats harmlessly (destroy is idempotent). Releases, in the
+/// background, what the record did not own: with containerd the netns, IP and log of the
+/// worker (Docker keeps nothing beside the container).
+fn release_removed(core: &Arc<Core>, id: String) {
+    let core = Arc::clone(core);
+    tokio::spawn(async move {
+        if let Err(e) = core.runtime.destroy(&id).await {
+            tracing::warn!(container_id = %id, error = %e.chain(), "releasing a removed worker's resources failed; GC will");
+        }
+    });
 }
 
 /// One full listing merged into the table (a failure is left to the next relist).

@@ -335,4 +335,8 @@ impl Observer for Metrics {
         self.ipam_reservations
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+
+    fn exited_at_start(&self) {
+        self.events.ready(ReadyOutcome::Exited);
+    }
 }

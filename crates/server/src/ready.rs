@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use esb_runtime::{Observer, Phase, Runtime, WorkerStatus};
+use esb_runtime::{Observer, Phase, Runtime, WorkerStatus, report};
 use tokio::net::TcpStream;
 
 use crate::metrics::ReadyOutcome;
@@ -23,9 +23,6 @@ const CONNECT_BOUND: Duration = Duration::from_millis(200);
 /// How often the process is checked with one `inspect` while it does not listen (the event
 /// stream usually tells first, through the table).
 const INSPECT_EVERY: Duration = Duration::from_millis(100);
-/// Log tail in an exit message: at most this many bytes and lines.
-const TAIL_BYTES: usize = 1024;
-const TAIL_LINES: usize = 10;
 
 /// What the caller of [`Core::await_ready`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,66 +131,19 @@ pub(crate) async fn wait(
     }
 }
 
-/// Why the worker `id` is gone: "exited with code N (OOM-killed)" and the last lines of its
-/// log, each part omitted when the backend cannot tell.
+/// Why the worker `id` is gone: its exit code (OOM kill) and the last lines of its log, each
+/// part omitted when the backend cannot tell.
 pub(crate) async fn exit_report(runtime: &dyn Runtime, id: &str) -> String {
-    let mut msg = format!("worker {id} exited before accepting connections");
-    if let Ok(m) = runtime.metrics(id).await
-        && m.status == Some(WorkerStatus::Stopped)
-    {
-        msg.push_str(&format!(" with code {}", m.exit_code));
-        if m.oom_events > 0 {
-            msg.push_str(" (OOM-killed)");
-        }
-    }
-    match runtime.read_log(id, None, TAIL_BYTES).await {
-        Ok(bytes) if !bytes.is_empty() => {
-            msg.push_str("; last output: ");
-            msg.push_str(&tail(&bytes));
-        }
-        Ok(_) => {}
+    let exit = match runtime.metrics(id).await {
+        Ok(m) if m.status == Some(WorkerStatus::Stopped) => Some((m.exit_code, m.oom_events > 0)),
+        _ => None,
+    };
+    let log = match runtime.read_log(id, None, report::TAIL_BYTES).await {
+        Ok(bytes) => bytes,
         Err(e) => {
-            tracing::debug!(container_id = %id, error = %e.chain(), "no log tail for the exit report")
+            tracing::debug!(container_id = %id, error = %e.chain(), "no log tail for the exit report");
+            Vec::new()
         }
-    }
-    msg
-}
-
-/// The last [`TAIL_LINES`] lines of `bytes` (already bounded by the caller), lossy UTF-8,
-/// control characters replaced, lines joined with " | ".
-fn tail(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let start = lines.len().saturating_sub(TAIL_LINES);
-    lines[start..]
-        .iter()
-        .map(|l| {
-            l.chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_lines_without_control_characters() {
-        let mut log = String::new();
-        for i in 0..15 {
-            log.push_str(&format!("line {i}\n"));
-        }
-        log.push_str("bad \u{1b}[31m\n\n");
-        let t = tail(log.as_bytes());
-        assert!(t.starts_with("line 6 | "), "{t}");
-        assert!(t.ends_with("bad ?[31m"), "{t}");
-        assert_eq!(t.matches(" | ").count(), TAIL_LINES - 1);
-    }
+    };
+    report::exited_at_start(id, exit, &log)
 }

@@ -129,6 +129,13 @@ impl Core {
         Ok(states
             .into_iter()
             .filter(|s| s.owner_id == owner_id)
+            .map(|mut s| {
+                // The exit event may be ahead of the daemon's own listing.
+                if self.table.status(&s.id) == Some(WorkerStatus::Stopped) {
+                    s.status = WorkerStatus::Stopped;
+                }
+                s
+            })
             .map(|s| Listed {
                 last_used_at: self.table.last_used(&s.id, s.created_at),
                 state: s,
@@ -137,11 +144,23 @@ impl Core {
     }
 
     pub async fn metrics(&self, t: Target) -> Result<WorkerMetrics, ApiError> {
-        self.owned(&t).await?;
-        self.runtime
+        let entry = self.owned(&t).await?;
+        let mut m = self
+            .runtime
             .metrics(&t.container_id)
             .await
-            .map_err(|e| ApiError::from(e).for_metrics())
+            .map_err(|e| ApiError::from(e).for_metrics())?;
+        // The exit event may be ahead of the daemon's own state.
+        if let Some(code) = entry.exit.code
+            && m.status != Some(WorkerStatus::Stopped)
+        {
+            m.status = Some(WorkerStatus::Stopped);
+            m.exit_code = code;
+        }
+        if entry.exit.oom {
+            m.oom_events = m.oom_events.max(1);
+        }
+        Ok(m)
     }
 
     /// `grpc_deadline`: the caller's deadline, if it sent one. The report of an invocation
@@ -217,10 +236,18 @@ impl Core {
             }),
             // A stopped worker never starts listening: no cold-start wait until the deadline.
             WorkerStatus::Stopped => {
-                let m = tokio::time::timeout(EXIT_INFO_TIMEOUT, self.runtime.metrics(id)).await;
-                let (code, oom) = match m {
-                    Ok(Ok(m)) => (Some(m.exit_code), m.oom_events > 0),
-                    _ => (None, false),
+                // The exit event's code when it came (no runtime call), else ask.
+                let exit = self.table.exit(id);
+                let (code, oom) = match exit.code {
+                    Some(code) => (Some(code), exit.oom),
+                    None => {
+                        let m =
+                            tokio::time::timeout(EXIT_INFO_TIMEOUT, self.runtime.metrics(id)).await;
+                        match m {
+                            Ok(Ok(m)) => (Some(m.exit_code), m.oom_events > 0 || exit.oom),
+                            _ => (None, exit.oom),
+                        }
+                    }
                 };
                 let mut msg = format!("container {id}: worker process exited");
                 if let Some(code) = code {

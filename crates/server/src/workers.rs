@@ -35,6 +35,17 @@ pub struct Entry {
     pub slot: Arc<Slot>,
     /// When the table last learnt about this entry (to tell a stale one from a fresh insert).
     seen: Instant,
+    /// What the daemon's exit/OOM events said (the listing may lag them).
+    pub exit: Exit,
+}
+
+/// A worker's exit as its events told it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exit {
+    /// From the exit event; `None` until one arrived.
+    pub code: Option<u32>,
+    /// An OOM event arrived (or the exit said so).
+    pub oom: bool,
 }
 
 impl Entry {
@@ -129,6 +140,7 @@ impl WorkerTable {
                 created_at: w.created_at,
                 slot: Arc::new(Slot::fresh()),
                 seen: Instant::now(),
+                exit: Exit::default(),
             }),
         );
         inner.last_used.insert(w.id.clone(), unix_now());
@@ -219,7 +231,14 @@ impl WorkerTable {
             WorkerEventKind::Exited { .. } => WorkerStatus::Stopped,
             WorkerEventKind::Paused => WorkerStatus::Paused,
             WorkerEventKind::Resumed => WorkerStatus::Running,
-            WorkerEventKind::Oom => return false,
+            WorkerEventKind::Oom => {
+                let mut inner = self.lock();
+                let Some(e) = inner.entries.get_mut(&ev.id) else {
+                    return false;
+                };
+                Arc::make_mut(e).exit.oom = true;
+                return true;
+            }
             WorkerEventKind::Deleted => {
                 let known = self.lock().entries.contains_key(&ev.id);
                 if known {
@@ -232,10 +251,17 @@ impl WorkerTable {
         let Some(e) = inner.entries.get_mut(&ev.id) else {
             return false;
         };
-        if e.status == WorkerStatus::Stopped {
+        if e.status == WorkerStatus::Stopped && e.exit.code.is_some() {
             return false;
         }
         let e = Arc::make_mut(e);
+        if let WorkerEventKind::Exited { exit_code, oom } = ev.kind {
+            e.exit.code = Some(exit_code);
+            e.exit.oom |= oom;
+        } else if e.status == WorkerStatus::Stopped {
+            // A pause/resume event cannot revive an exited worker.
+            return false;
+        }
         e.status = status;
         if status != WorkerStatus::Running {
             e.slot.invalidate();
@@ -247,6 +273,15 @@ impl WorkerTable {
     /// The known status of `id`, without asking the runtime.
     pub fn status(&self, id: &str) -> Option<WorkerStatus> {
         self.lock().entries.get(id).map(|e| e.status)
+    }
+
+    /// What the events said about the exit of `id` (default when nothing or unknown).
+    pub fn exit(&self, id: &str) -> Exit {
+        self.lock()
+            .entries
+            .get(id)
+            .map(|e| e.exit)
+            .unwrap_or_default()
     }
 
     pub fn remove(&self, id: &str) {
@@ -318,7 +353,11 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
             if s.status != WorkerStatus::Running {
                 e.slot.invalidate();
             }
-            e.status = s.status;
+            // An exit is final (no restarts): a listing or inspect that still says running
+            // is stale — Docker sends `die` before its own state says exited.
+            if e.status != WorkerStatus::Stopped {
+                e.status = s.status;
+            }
             if s.created_at > 0 {
                 e.created_at = s.created_at;
             }
@@ -341,6 +380,7 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
                     created_at: s.created_at,
                     slot: Arc::new(Slot::default()),
                     seen: Instant::now(),
+                    exit: Exit::default(),
                 }),
             );
         }

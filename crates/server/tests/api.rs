@@ -9,8 +9,8 @@ mod api {
     pub mod liveness;
     pub mod logtail;
     pub mod observability;
-    pub mod ready;
     pub mod pki;
+    pub mod ready;
     pub mod relist;
     pub mod report;
     pub mod service;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use esb_proto::v1;
 use esb_runtime::fake::{FakeRuntime, Op};
 use esb_runtime::{ErrorKind, WorkerEvent, WorkerEventKind, WorkerStatus};
 
@@ -128,4 +129,100 @@ async fn a_runtime_without_events_is_polled_only() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(agent.rt.count(Op::Events), 0);
     assert_eq!(agent.rt.count(Op::List), 0, "no relist without a stream");
+}
+
+/// Docker sends `die` before its own state says exited: a listing or inspect taken right
+/// after the event still says running. The exit (code, OOM) the events told wins — in List,
+/// GetContainerMetrics and Invoke (which needs no runtime call to name the code).
+#[tokio::test]
+async fn an_exit_event_wins_over_a_lagging_listing() {
+    let (agent, id) = setup().await;
+    let mut c = agent.client().await;
+    assert!(agent.rt.emit(ev(&id, WorkerEventKind::Oom)));
+    assert!(agent.rt.emit(ev(
+        &id,
+        WorkerEventKind::Exited {
+            exit_code: 137,
+            oom: false
+        }
+    )));
+    wait_gauge(&agent, "STOPPED", "1").await;
+    // The fake still says running, like Docker right after `die`.
+    assert_eq!(
+        agent.rt.worker(&id).map(|w| w.status),
+        Some(WorkerStatus::Running)
+    );
+    let listed = c
+        .list_containers(v1::ListContainersRequest {
+            owner_id: OWNER.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, "STOPPED");
+    assert_eq!(gauge(&agent, "STOPPED").await, "1", "the relist kept it");
+    let m = c
+        .get_container_metrics(v1::GetContainerMetricsRequest {
+            container_id: id.clone(),
+            owner_id: OWNER.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metrics
+        .unwrap();
+    assert_eq!((m.exit_code, m.oom_events >= 1), (137, true));
+    let metrics_calls = agent.rt.count(Op::Metrics);
+    let err = c
+        .invoke_worker(v1::InvokeWorkerRequest {
+            container_id: id.clone(),
+            owner_id: OWNER.into(),
+            payload: b"{}".to_vec(),
+            timeout_ms: 5_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("with code 137 (OOM-killed)"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        agent.rt.count(Op::Metrics),
+        metrics_calls,
+        "named from the event"
+    );
+}
+
+/// A worker removed outside the agent: on the delete event the agent releases what the
+/// container record did not own (containerd: netns, IP, log) with an idempotent destroy.
+#[tokio::test]
+async fn a_delete_event_releases_the_workers_resources() {
+    let (agent, id) = setup().await;
+    let destroys = |agent: &Agent| {
+        agent
+            .rt
+            .calls()
+            .into_iter()
+            .filter(|c| c.op == Op::Destroy && c.id.as_deref() == Some(id.as_str()))
+            .count()
+    };
+    assert_eq!(destroys(&agent), 0);
+    // An id the table does not know (another agent's, or already gone) is not touched;
+    // events apply in order, so once the known one is handled this one was too.
+    assert!(agent.rt.emit(ev("someone-else", WorkerEventKind::Deleted)));
+    assert!(agent.rt.emit(ev(&id, WorkerEventKind::Deleted)));
+    eventually(|| destroys(&agent) == 1).await;
+    wait_gauge(&agent, "RUNNING", "0").await;
+    assert!(
+        agent
+            .rt
+            .calls()
+            .iter()
+            .all(|c| c.op != Op::Destroy || c.id.as_deref() == Some(id.as_str()))
+    );
 }
