@@ -149,18 +149,14 @@ async fn events_are_scoped_break_with_the_daemon_and_resubscribe_after_restart()
     // Restarted: a new subscription (what the server's loop makes, with backoff) delivers.
     let restarted = Instant::now();
     let _daemon = Daemon(start_containerd(daemon_dir.path()));
-    let mut stream = esb_testkit::eventually(
-        "resubscribed",
-        Duration::from_secs(20),
-        || async {
-            let mut s = rt.events().await.ok()?;
-            // A subscription made while the daemon is still starting fails at once.
-            match tokio::time::timeout(Duration::from_millis(300), s.next()).await {
-                Ok(Some(Err(_)) | None) => None,
-                _ => Some(s),
-            }
-        },
-    )
+    let mut stream = esb_testkit::eventually("resubscribed", Duration::from_secs(20), || async {
+        let mut s = rt.events().await.ok()?;
+        // A subscription made while the daemon is still starting fails at once.
+        match tokio::time::timeout(Duration::from_millis(300), s.next()).await {
+            Ok(Some(Err(_)) | None) => None,
+            _ => Some(s),
+        }
+    })
     .await;
     let ev = next_delete(&mut stream, &sock, &ns, &mut round, Duration::from_secs(10)).await;
     assert!(ev.id.starts_with("ours-"), "only our namespace: {ev:?}");

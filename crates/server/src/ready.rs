@@ -70,7 +70,7 @@ impl Core {
             }
             Readiness::Exited => {
                 self.metrics.events.ready(ReadyOutcome::Exited);
-                let msg = exit_report(self.runtime.as_ref(), id).await;
+                let msg = exit_report(self.runtime.as_ref(), &self.table, id).await;
                 if what == ReadyFor::Ensure {
                     match self.runtime.destroy(id).await {
                         Ok(_) => self.table.remove(id),
@@ -132,11 +132,18 @@ pub(crate) async fn wait(
 }
 
 /// Why the worker `id` is gone: its exit code (OOM kill) and the last lines of its log, each
-/// part omitted when the backend cannot tell.
-pub(crate) async fn exit_report(runtime: &dyn Runtime, id: &str) -> String {
-    let exit = match runtime.metrics(id).await {
-        Ok(m) if m.status == Some(WorkerStatus::Stopped) => Some((m.exit_code, m.oom_events > 0)),
-        _ => None,
+/// part omitted when the backend cannot tell. The exit event's code comes first: the daemon's
+/// own state may still say running right after it (Docker).
+pub(crate) async fn exit_report(runtime: &dyn Runtime, table: &WorkerTable, id: &str) -> String {
+    let told = table.exit(id);
+    let exit = match told.code {
+        Some(code) => Some((code, told.oom)),
+        None => match runtime.metrics(id).await {
+            Ok(m) if m.status == Some(WorkerStatus::Stopped) => {
+                Some((m.exit_code, m.oom_events > 0 || told.oom))
+            }
+            _ => None,
+        },
     };
     let log = match runtime.read_log(id, None, report::TAIL_BYTES).await {
         Ok(bytes) => bytes,

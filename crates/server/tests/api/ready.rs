@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use esb_runtime::WorkerStatus;
 use esb_runtime::fake::{FakeRuntime, Op};
+use esb_runtime::{WorkerEvent, WorkerEventKind, WorkerStatus};
 use tonic::Code;
 
 use super::harness::{Agent, OWNER};
@@ -115,4 +115,48 @@ async fn zero_timeout_keeps_the_old_behaviour() {
     r.unwrap();
     assert!(took < Duration::from_millis(200), "{took:?}");
     assert_eq!(agent.rt.count(Op::Inspect), 0);
+}
+
+/// The exit told only by the daemon's events (its own state still says running, as Docker's
+/// does right after `die`): the Ensure fails at once with the event's code and OOM flag.
+#[tokio::test]
+async fn an_exit_told_by_events_alone_fails_the_ensure_with_its_code() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.set_worker_port(refusing_port());
+    rt.enable_events();
+    let agent = Agent::start_with(rt, |s| s.ensure_ready_timeout = Duration::from_secs(5)).await;
+    let rt = agent.rt.clone();
+    let killer = tokio::spawn(async move {
+        loop {
+            if let Some(w) = rt.workers().first()
+                && rt.has_subscriber()
+            {
+                for kind in [
+                    WorkerEventKind::Oom,
+                    WorkerEventKind::Exited {
+                        exit_code: 137,
+                        oom: false,
+                    },
+                ] {
+                    assert!(rt.emit(WorkerEvent {
+                        id: w.id.clone(),
+                        kind
+                    }));
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let (r, took) = ensure_timed(&agent).await;
+    killer.await.unwrap();
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(
+        s.message().contains("with code 137 (OOM-killed)"),
+        "{}",
+        s.message()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(agent.rt.workers().is_empty(), "destroyed");
 }
