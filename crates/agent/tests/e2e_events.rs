@@ -5,7 +5,10 @@
 //!   `UNAVAILABLE` and its exit code, and nothing is left;
 //! - events drive state: a worker that exits, is paused/resumed or removed outside the agent
 //!   shows in the agent's worker table (the `esb_agent_workers` gauge, what invokes read)
-//!   within 1 s, without any RPC about it. The latencies are printed.
+//!   within 1 s, without any RPC about it; an outside removal's netns/IP/log are released at
+//!   once. The latencies are printed;
+//! - containerd restart (a containerd of the test's own, never the shared one): resubscribe
+//!   and relist.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::HashMap;
@@ -22,8 +25,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/world.rs"]
 mod support;
+use daemon::Daemon;
 use support::{Net, World};
 
 const NET: Net = Net {
@@ -439,4 +445,95 @@ async fn docker_ready_on_return_and_events() {
     events_drive_state(&mut c, &agent, &image, &outside).await;
     assert!(agent.terminate(Duration::from_secs(30)).is_some());
     assert!(outside.leftovers().is_empty(), "{:?}", outside.leftovers());
+}
+
+/// The restart test's names (its own containerd, namespace, bridge and subnet).
+const NET_RESTART: Net = Net {
+    namespace: "esbtevr",
+    env: "evr",
+    bridge: "esbt-evr",
+    subnet: "10.199.132.0/24",
+    scratch_prefix: "scratch-agent-events-r-",
+};
+
+/// containerd crashes and comes back: a worker that died while it was down shows STOPPED —
+/// learnt by the relist that follows the new subscription (on this host ~0.1 s after the
+/// restart; the shim's republished exit event comes ~1 s later, so either satisfies the
+/// bound) — and the new subscription delivers events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_restart_resubscribes_and_relists() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let daemon_dir = esb_testkit::agent::scratch_dir("scratch-events-daemon-").unwrap();
+    // Declared before the world: dropped after it, so the world's cleanup still has a daemon.
+    let mut daemon = Daemon::start(daemon_dir.path());
+    esb_testkit::eventually("private containerd up", Duration::from_secs(20), || async {
+        daemon.answers().then_some(())
+    })
+    .await;
+    let mut env = env.clone();
+    env.containerd_socket = Some(daemon.socket());
+    let world = World::new(&env, NET_RESTART);
+    let image = world.image.clone();
+    let mut agent = world.spawn("e2e-events-restart", "destroy");
+    let mut c = agent.client(Duration::from_secs(30)).await.unwrap();
+    let w1 = ensure(&mut c, &image, &[]).await.unwrap();
+    let w2 = ensure(&mut c, &image, &[]).await.unwrap();
+    table_shows(&agent, "RUNNING", 2.0).await;
+    let pid = world
+        .ctr(&["tasks", "ls"])
+        .iter()
+        .find(|l| l.starts_with(&w1.id))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap();
+
+    // Down: w1's process is killed meanwhile (our own worker, by its pid).
+    daemon.kill();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    esb_testkit::eventually("w1 reaped", Duration::from_secs(10), || async {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+    daemon.restart();
+    // Bounded by table_shows (5 s): the resubscription backoff plus the daemon's start.
+    let seen = table_shows(&agent, "STOPPED", 1.0).await;
+    eprintln!(
+        "restart: worker that died while containerd was down seen STOPPED {seen:?} after the restart"
+    );
+    assert_eq!(
+        list(&mut c).await.get(&w1.id).map(String::as_str),
+        Some("STOPPED")
+    );
+    assert_eq!(
+        list(&mut c).await.get(&w2.id).map(String::as_str),
+        Some("RUNNING")
+    );
+
+    // The new subscription delivers: w2 exits → STOPPED within the bound.
+    c.invoke_worker(InvokeWorkerRequest {
+        container_id: w2.id.clone(),
+        payload: br#"{"exit":3}"#.to_vec(),
+        timeout_ms: 10_000,
+        owner_id: OWNER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let exit_latency = table_shows(&agent, "STOPPED", 2.0).await;
+    eprintln!("restart: exit after the restart seen after {exit_latency:?}");
+    assert!(exit_latency < EVENT_BOUND, "{exit_latency:?}");
+    let text = scrape(&agent.metrics_addr).await;
+    assert!(value(&text, "esb_agent_event_resubscriptions_total") >= 1.0);
+
+    destroy(&mut c, &w1.id).await;
+    destroy(&mut c, &w2.id).await;
+    assert!(agent.terminate(Duration::from_secs(30)).is_some());
+    until_empty(|| world.leftovers(), Duration::from_secs(10)).await;
 }

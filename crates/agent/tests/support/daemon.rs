@@ -1,0 +1,70 @@
+//! A containerd of the test's own, for tests that must kill and restart the daemon: the
+//! shared dev daemon is never restarted.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A containerd of the test's own (root, state and sockets under `dir`), so it can be killed
+/// and restarted without touching the shared dev daemon; killed when dropped.
+pub struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path) -> Self {
+        let mut d = Self {
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    pub fn socket(&self) -> String {
+        self.dir.join("c.sock").to_str().unwrap().to_string()
+    }
+
+    pub fn restart(&mut self) {
+        let config = self.dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{0}/opt\"\n",
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would; the shims (and so the workers) live on.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the daemon answers.
+    pub fn answers(&self) -> bool {
+        Command::new("ctr")
+            .args(["--address", &self.socket(), "--timeout", "1s", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
