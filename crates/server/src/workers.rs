@@ -120,7 +120,7 @@ impl WorkerTable {
             self.dirty.store(true, Ordering::Relaxed);
         }
         for s in states {
-            upsert(&mut inner, s);
+            upsert(&mut inner, s, Instant::now());
         }
     }
 
@@ -160,7 +160,7 @@ impl WorkerTable {
         if inner.removed_since(id, started) {
             return Ok(None);
         }
-        upsert(&mut inner, state);
+        upsert(&mut inner, state, started);
         Ok(inner.entries.get(id).cloned())
     }
 
@@ -171,7 +171,7 @@ impl WorkerTable {
         let state = self.runtime.inspect(id).await?;
         let mut inner = self.lock();
         match &state {
-            Some(s) if !inner.removed_since(id, started) => upsert(&mut inner, s.clone()),
+            Some(s) if !inner.removed_since(id, started) => upsert(&mut inner, s.clone(), started),
             Some(_) => {}
             None => {
                 if inner.entries.get(id).is_some_and(|e| e.seen < started)
@@ -208,7 +208,7 @@ impl WorkerTable {
             .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
         for s in states {
             if !inner.removed_since(&s.id, started) {
-                upsert(&mut inner, s.clone());
+                upsert(&mut inner, s.clone(), started);
             }
         }
     }
@@ -338,8 +338,11 @@ impl WorkerTable {
     }
 }
 
-fn upsert(inner: &mut Inner, s: WorkerState) {
+/// Merges one runtime answer obtained from `taken` on. An entry the table learnt about after
+/// that (a racing Ensure, an event) is fresher than the answer and is left alone.
+fn upsert(inner: &mut Inner, s: WorkerState, taken: Instant) {
     match inner.entries.get_mut(&s.id) {
+        Some(e) if e.seen > taken => {}
         Some(e) => {
             let e = Arc::make_mut(e);
             // Never blank a known IP; a changed IP or a non-running worker drops its
@@ -353,9 +356,9 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
             if s.status != WorkerStatus::Running {
                 e.slot.invalidate();
             }
-            // An exit is final (no restarts): a listing or inspect that still says running
-            // is stale — Docker sends `die` before its own state says exited.
-            if e.status != WorkerStatus::Stopped {
+            // An exit an event told is final (no restarts): a listing or inspect that still
+            // says running is stale — Docker sends `die` before its own state says exited.
+            if e.exit.code.is_none() {
                 e.status = s.status;
             }
             if s.created_at > 0 {
@@ -474,6 +477,46 @@ mod tests {
         // A listing taken after the removal is believed.
         t.refresh(&[state("a", None)], Instant::now());
         assert_eq!(t.entries().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_answer_never_overrides_and_only_an_event_told_exit_is_final() {
+        let rt = Arc::new(FakeRuntime::new());
+        let t = WorkerTable::new(rt, None);
+        let stopped = |id: &str| WorkerState {
+            status: WorkerStatus::Stopped,
+            ..state(id, None)
+        };
+        // A listing taken mid-ensure (container, no task yet) merged after Ensure answered.
+        let started = Instant::now() - Duration::from_millis(1);
+        t.insert_created(&Worker {
+            id: "w".into(),
+            name: "w".into(),
+            ip: "10.0.0.3".parse().unwrap(),
+            port: 8080,
+            function_name: "f".into(),
+            owner_id: "o".into(),
+            created_at: 1,
+        });
+        t.refresh(&[stopped("w")], started);
+        assert_eq!(t.status("w"), Some(WorkerStatus::Running));
+        // A stop seen only in a listing is corrected by a later listing…
+        t.refresh(&[stopped("w")], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Stopped));
+        t.refresh(&[state("w", None)], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Running));
+        // …an exit an event told is not (Docker lists a worker running for a moment after
+        // its `die`), and its code is kept.
+        assert!(t.apply_event(&WorkerEvent {
+            id: "w".into(),
+            kind: WorkerEventKind::Exited {
+                exit_code: 3,
+                oom: false
+            }
+        }));
+        t.refresh(&[state("w", None)], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Stopped));
+        assert_eq!(t.exit("w").code, Some(3));
     }
 
     #[tokio::test]
