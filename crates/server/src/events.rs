@@ -27,17 +27,21 @@ const SETTLE_RELIST: Duration = Duration::from_secs(1);
 /// Runs until the runtime says it has no events (`Unimplemented`) or the task is aborted.
 pub(crate) async fn event_loop(core: Arc<Core>) {
     let mut backoff = BACKOFF_MIN;
+    // Whether a subscription ever worked (its relist answered): later ones are re-subscriptions.
     let mut subscribed_before = false;
     loop {
         let started = Instant::now();
         match core.runtime.events().await {
             Ok(mut stream) => {
-                if subscribed_before {
-                    core.metrics.events.resubscribed();
-                    tracing::info!("worker event stream subscribed again");
+                // containerd accepts a subscription without answering: a relist that fails
+                // means the daemon is still down, and the stream will say so.
+                if relist(&core).await {
+                    if subscribed_before {
+                        core.metrics.events.resubscribed();
+                        tracing::info!("worker event stream subscribed again");
+                    }
+                    subscribed_before = true;
                 }
-                subscribed_before = true;
-                relist(&core).await;
                 let settle = tokio::time::sleep(SETTLE_RELIST);
                 tokio::pin!(settle);
                 let mut settled = false;
@@ -68,7 +72,7 @@ pub(crate) async fn event_loop(core: Arc<Core>) {
                         },
                         () = &mut settle, if !settled => {
                             settled = true;
-                            relist(&core).await;
+                            let _ = relist(&core).await;
                         }
                     }
                 }
@@ -102,11 +106,17 @@ fn release_removed(core: &Arc<Core>, id: String) {
     });
 }
 
-/// One full listing merged into the table (a failure is left to the next relist).
-async fn relist(core: &Core) {
+/// One full listing merged into the table; `false` when it failed (left to the next relist).
+async fn relist(core: &Core) -> bool {
     let started = Instant::now();
     match core.runtime.list().await {
-        Ok(states) => core.table.refresh(&states, started),
-        Err(e) => tracing::warn!(error = %e.chain(), "worker relist after subscribing failed"),
+        Ok(states) => {
+            core.table.refresh(&states, started);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.chain(), "worker relist after subscribing failed");
+            false
+        }
     }
 }
