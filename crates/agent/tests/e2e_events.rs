@@ -49,7 +49,7 @@ type Client = AgentServiceClient<Channel>;
 /// How the test acts on a worker behind the agent's back, and what it counts as leftovers.
 enum Outside<'a> {
     Containerd(&'a World),
-    Docker { host: String },
+    Docker { host: String, image: String },
 }
 
 impl Outside<'_> {
@@ -62,17 +62,39 @@ impl Outside<'_> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Docker: a container without the agent's labels starts, dies and is removed — events
+    /// the agent's label-filtered subscription must not receive. (containerd: the
+    /// namespace scope is checked by esb-containerd's events_restart test.)
+    fn foreign_churn(&self) {
+        if let Self::Docker { host, image } = self {
+            let id = Self::docker(
+                host,
+                &[
+                    "run",
+                    "-d",
+                    "--network",
+                    "none",
+                    "--label",
+                    "esb-test=foreign",
+                    image,
+                ],
+            );
+            assert_eq!(id.trim().len(), 64, "foreign container not started: {id:?}");
+            Self::docker(host, &["rm", "-f", id.trim()]);
+        }
+    }
+
     fn pause(&self, id: &str) {
         match self {
             Self::Containerd(w) => drop(w.ctr(&["tasks", "pause", id])),
-            Self::Docker { host } => drop(Self::docker(host, &["pause", id])),
+            Self::Docker { host, .. } => drop(Self::docker(host, &["pause", id])),
         }
     }
 
     fn unpause(&self, id: &str) {
         match self {
             Self::Containerd(w) => drop(w.ctr(&["tasks", "resume", id])),
-            Self::Docker { host } => drop(Self::docker(host, &["unpause", id])),
+            Self::Docker { host, .. } => drop(Self::docker(host, &["unpause", id])),
         }
     }
 
@@ -88,7 +110,7 @@ impl Outside<'_> {
                 w.ctr(&["tasks", "rm", "-f", id]);
                 w.ctr(&["containers", "rm", id]);
             }
-            Self::Docker { host } => drop(Self::docker(host, &["rm", "-f", id])),
+            Self::Docker { host, .. } => drop(Self::docker(host, &["rm", "-f", id])),
         }
     }
 
@@ -101,7 +123,7 @@ impl Outside<'_> {
                 .into_iter()
                 .filter(|l| !(l.starts_with("mount ") && l.contains("/state/cni/pool/")))
                 .collect(),
-            Self::Docker { host } => Self::docker(
+            Self::Docker { host, .. } => Self::docker(
                 host,
                 &[
                     "ps",
@@ -356,11 +378,27 @@ async fn events_drive_state(
     destroy(c, &w.id).await;
     table_shows(agent, "STOPPED", 0.0).await;
 
-    // Pause and resume from outside.
+    // Pause and resume from outside (after foreign churn: the pause event comes after its
+    // events, so once the pause shows they were delivered or filtered).
     let w = ensure(c, image, &[]).await.unwrap();
     table_shows(agent, "RUNNING", 1.0).await;
+    let counted = |text: &str| {
+        ["exited", "deleted"].map(|k| {
+            value(
+                text,
+                &format!("esb_agent_worker_events_total{{kind=\"{k}\"}}"),
+            )
+        })
+    };
+    let before = counted(&scrape(&agent.metrics_addr).await);
+    outside.foreign_churn();
     outside.pause(&w.id);
     let pause_latency = table_shows(agent, "PAUSED", 1.0).await;
+    assert_eq!(
+        counted(&scrape(&agent.metrics_addr).await),
+        before,
+        "events of unmanaged containers reached the agent"
+    );
     eprintln!("events: outside pause seen after {pause_latency:?}");
     assert!(pause_latency < EVENT_BOUND, "{pause_latency:?}");
     outside.unpause(&w.id);
@@ -419,7 +457,10 @@ async fn docker_ready_on_return_and_events() {
     let host = env.docker_host.clone().unwrap();
     let network = env.docker_network.clone().unwrap();
     let image = env.worker_image.clone().unwrap();
-    let outside = Outside::Docker { host: host.clone() };
+    let outside = Outside::Docker {
+        host: host.clone(),
+        image: image.clone(),
+    };
     for c in outside.leftovers() {
         let id = c.trim_start_matches("container ").to_string();
         Outside::docker(&host, &["rm", "-f", &id]);
