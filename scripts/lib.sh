@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Shared helpers for the esb-agent scripts (sourced, not run).
+# shellcheck disable=SC2034 # the variables here are used by the scripts that source this file
 # Paths: REPO (the checkout), DEV (private daemons' home, override with ESB_DEV_DIR).
 
 REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
@@ -24,6 +25,12 @@ CTR=(ctr --address "$DEV/containerd/containerd.sock")
 DOCKER=(docker --host "unix://$DEV/docker/docker.sock")
 WORKER_REPO="esb/test-worker"
 WORKER_TAG="latest"
+
+# The one package list (Debian): what the build, the private daemons and the checks need.
+# scripts/dev-env installs it when something is missing; .ci/run installs it on a fresh machine.
+APT_PACKAGES=(containerd runc containernetworking-plugins iptables nftables docker.io docker-registry
+  skopeo umoci protobuf-compiler openssl iproute2 util-linux curl ca-certificates gcc libc6-dev
+  pkg-config git binutils systemd shellcheck)
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -347,7 +347,8 @@ async fn agent_binary_docker_mtls_token() {
     assert!(paused.success);
     assert_eq!(
         invoke(&mut c, &w.id, "{}").await.unwrap_err().code(),
-        Code::FailedPrecondition
+        Code::Unavailable,
+        "a paused worker is retryable elsewhere (SPEC §3)"
     );
     c.resume_container(ResumeContainerRequest {
         container_id: w.id.clone(),

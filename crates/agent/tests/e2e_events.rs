@@ -513,9 +513,7 @@ async fn containerd_restart_resubscribes_and_relists() {
         daemon.answers().then_some(())
     })
     .await;
-    let mut env = env.clone();
-    env.containerd_socket = Some(daemon.socket());
-    let world = World::new(&env, NET_RESTART);
+    let world = World::on_socket(&env, NET_RESTART, &daemon.socket());
     let image = world.image.clone();
     let mut agent = world.spawn("e2e-events-restart", "destroy");
     let mut c = agent.client(Duration::from_secs(30)).await.unwrap();

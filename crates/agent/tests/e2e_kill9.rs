@@ -184,7 +184,7 @@ async fn kill9_agent_then_restart_adopts_and_cleans_up() {
     // 5. The adopted workers work: w1 answers, w2 refuses until resumed.
     assert_eq!(invoke(&mut c, &w1.id).await.unwrap().status_code, 200);
     let err = invoke(&mut c, &w2.id).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "paused: {err:?}");
     let resumed = c
         .resume_container(ResumeContainerRequest {
             container_id: w2.id.clone(),

@@ -45,6 +45,7 @@ async fn bench_cni_latency() {
         net_dir: dir.path().join("net"),
         ip_masq: false,
         identity_file: dir.path().join("esb-cni.env"),
+        plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
         firewall: None,
     };
     ip_link_del(&s.bridge);

@@ -165,6 +165,7 @@ mod tests {
             net_dir: "/var/lib/cni/networks".into(),
             ip_masq: true,
             identity_file: "/var/lib/cni/esb-cni.env".into(),
+            plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
             firewall: None,
         }
     }

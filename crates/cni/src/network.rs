@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use esb_runtime::settings::CniSettings;
 use serde_json::Value;
@@ -24,9 +23,6 @@ pub const IFNAME: &str = "eth0";
 
 /// Pre-created network namespaces kept ready (one batch of concurrent Ensures).
 const NETNS_POOL_SIZE: usize = 8;
-
-/// Upper bound for one plugin execution.
-const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The worker network: cheap to clone, `Send + Sync`.
 #[derive(Clone)]
@@ -161,7 +157,10 @@ impl CniNetwork {
     /// A network that runs the real plugins from `settings.bin_dir`. `state_dir` is the agent's
     /// state directory; pins and the journal live under `<state_dir>/cni/`.
     pub fn new(settings: CniSettings, state_dir: &Path) -> Result<Self, CniError> {
-        let exec = Arc::new(ProcessExec::new(settings.bin_dir.clone(), PLUGIN_TIMEOUT));
+        let exec = Arc::new(ProcessExec::new(
+            settings.bin_dir.clone(),
+            settings.plugin_timeout,
+        ));
         Self::with_exec(settings, state_dir, exec)
     }
 

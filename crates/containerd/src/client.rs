@@ -172,6 +172,10 @@ impl Client {
 /// Maps a containerd gRPC status to a runtime error, keeping the code's meaning.
 pub(crate) fn status_err(what: &str, s: Status) -> RuntimeError {
     let kind = match s.code() {
+        // A call cut by the connection (daemon stopped, restarting): tonic reports it as
+        // Unknown/Cancelled with a transport error as the source. The daemon is unreachable,
+        // so the caller may retry elsewhere (UNAVAILABLE), not a fault of ours (INTERNAL).
+        Code::Unknown | Code::Cancelled if is_transport(&s) => ErrorKind::Unavailable,
         Code::NotFound => ErrorKind::NotFound,
         Code::InvalidArgument => ErrorKind::InvalidArgument,
         Code::FailedPrecondition => ErrorKind::FailedPrecondition,
@@ -183,6 +187,18 @@ pub(crate) fn status_err(what: &str, s: Status) -> RuntimeError {
     };
     let msg = format!("containerd {what}: {}", s.message());
     RuntimeError::new(kind, msg).with_source(s)
+}
+
+/// True when `s` was made from a transport failure, not sent by containerd.
+fn is_transport(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
 }
 
 /// True when the status means "does not exist".

@@ -1,4 +1,5 @@
-//! Real-containerd failure and recovery tests: CNI failure rolls back, a cancelled ensure
+//! Real-containerd failure and recovery tests: CNI failure rolls back (no plugins; a plugin
+//! that fails or hangs on ADD mid-chain, killed at `CNI_PLUGIN_TIMEOUT`), a cancelled ensure
 //! leaks nothing, GC spares foreign containers, a restarted agent adopts running and paused
 //! workers and cleans up one that died meanwhile, and 20 concurrent ensures.
 
@@ -240,4 +241,94 @@ async fn gc_races_ensures_and_bounds_logs() {
         assert!(rt.destroy(w).await.expect("destroy"));
     }
     world.assert_no_leftovers();
+}
+
+/// A `portmap` stand-in that fails or hangs on ADD (after `bridge` and `host-local` already
+/// made a veth and reserved an IP) and delegates everything else to the real plugin.
+fn inject_portmap(bin: &std::path::Path, real: &str, mode: &str, calls: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let action = match mode {
+        "fail" => r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"injected failure"}'; exit 1"#,
+        _ => "exec sleep 600",
+    };
+    let script = format!(
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then echo add >> {calls}; {action}; fi\nexec {real}/portmap\n",
+        calls = calls.display()
+    );
+    let path = bin.join("portmap");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, script).expect("script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Processes whose command line is exactly `sleep 600` (the hanging plugin).
+fn hanging_plugins() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .filter(|c| c.as_slice() == b"sleep\x00600\x00")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_plugin_failing_or_hanging_on_add_rolls_back_everything() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let real = env.cni_bin_dir.clone();
+    let mut world = World::new(env, 46);
+    let bin = world.dir.path().join("cni-bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    for e in std::fs::read_dir(&real).expect("cni bin dir").flatten() {
+        if e.file_name() != "portmap" {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).expect("symlink");
+        }
+    }
+    let calls = world.dir.path().join("portmap-calls");
+    world.cni.bin_dir = bin.clone();
+    world.cni.plugin_timeout = Duration::from_secs(2);
+    let before = hanging_plugins();
+
+    for mode in ["fail", "hang"] {
+        inject_portmap(&bin, &real, mode, &calls);
+        let rt = world.runtime().await;
+        let started = std::time::Instant::now();
+        let e = rt
+            .ensure(world.request(&[]))
+            .await
+            .expect_err("the injected plugin must fail the ensure");
+        let chain = e.chain();
+        match mode {
+            "fail" => assert!(chain.contains("injected failure"), "{mode}: {chain}"),
+            _ => {
+                assert!(chain.contains("timed out"), "{mode}: {chain}");
+                assert!(
+                    started.elapsed() >= Duration::from_secs(2),
+                    "{mode}: waited"
+                );
+            }
+        }
+        let reached = std::fs::read_to_string(&calls).unwrap_or_default();
+        assert!(
+            reached.lines().count() >= 1,
+            "{mode}: the chain reached portmap (veth and IP were made first)"
+        );
+        std::fs::remove_file(&calls).expect("reset calls");
+        // Rollback runs in a detached task: container, snapshot, task, veth, IP, netns pin.
+        world.eventually_clean().await;
+        world.assert_no_leftovers();
+        assert!(rt.list().await.expect("list").is_empty(), "{mode}");
+    }
+    // The timed-out plugin was killed, not left sleeping.
+    esb_testkit::eventually("hung plugin killed", Duration::from_secs(10), || async {
+        (hanging_plugins() <= before).then_some(())
+    })
+    .await;
+    assert!(
+        world.ctr_lines(&["leases", "ls", "-q"]).is_empty(),
+        "leases left"
+    );
 }

@@ -95,6 +95,9 @@ pub struct RegistrySettings {
     pub pull_policy: PullPolicy,
 }
 
+/// Default [`CniSettings::plugin_timeout`].
+pub const DEFAULT_CNI_PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// CNI settings (containerd backend; SPEC §6, §8). Derived values are already resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniSettings {
@@ -116,6 +119,9 @@ pub struct CniSettings {
     pub ip_masq: bool,
     /// Where the identity file (`esb-cni.env`) is written.
     pub identity_file: PathBuf,
+    /// Upper bound for one plugin run (`CNI_PLUGIN_TIMEOUT`); a plugin still running then is
+    /// killed and the attach rolled back.
+    pub plugin_timeout: std::time::Duration,
     /// The agent-owned iptables chains that confine workers (SPEC §10, review H5); `None`
     /// installs none (tests of plain attach/detach).
     pub firewall: Option<WorkerFirewall>,

@@ -242,8 +242,12 @@ fn invoke_headers(map: HashMap<String, String>) -> Result<HeaderMap, ApiError> {
         {
             continue;
         }
-        let value = HeaderValue::from_str(&v)
-            .map_err(|_| ApiError::InvalidArgument(format!("invalid value for header {name}")))?;
+        let value = HeaderValue::from_str(&v).map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "invalid value for header {:?}",
+                truncate(name.as_str())
+            ))
+        })?;
         out.insert(name, value);
     }
     Ok(out)

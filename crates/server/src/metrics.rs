@@ -73,6 +73,7 @@ pub struct Metrics {
     rollbacks: Family<OperationLabels, Counter>,
     ipam_reservations: Gauge,
     workers: Family<StateLabels, Gauge>,
+    gc_passes: Counter,
     gc_reclaimed: Counter,
     gc_released: Counter,
     process_rss: Gauge,
@@ -160,6 +161,12 @@ impl Metrics {
             "Workers known to the agent, by state",
             workers.clone(),
         );
+        let gc_passes = Counter::default();
+        registry.register(
+            "esb_agent_gc_passes",
+            "Periodic GC passes completed",
+            gc_passes.clone(),
+        );
         let gc_reclaimed = Counter::default();
         registry.register(
             "esb_agent_gc_reclaimed_workers",
@@ -204,6 +211,7 @@ impl Metrics {
             rollbacks,
             ipam_reservations,
             workers,
+            gc_passes,
             gc_reclaimed,
             gc_released,
             process_rss,
@@ -253,6 +261,7 @@ impl Metrics {
     }
 
     pub fn gc_done(&self, removed_workers: usize, released: u64) {
+        self.gc_passes.inc();
         self.gc_reclaimed.inc_by(removed_workers as u64);
         self.gc_released.inc_by(released);
     }

@@ -95,13 +95,39 @@ impl From<ApiError> for Status {
             }
             _ => tracing::debug!(code = ?code, error = %detail, "request rejected"),
         }
-        Status::new(code, err.to_string())
+        Status::new(code, bounded_message(err.to_string()))
     }
+}
+
+/// Longest `grpc-message` sent: it travels in a header, and clients refuse header blocks
+/// beyond their limit (16 KiB by default) with a protocol error instead of the real status.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+fn bounded_message(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_bounded_on_a_char_boundary() {
+        let long = ApiError::InvalidArgument("é".repeat(40_000));
+        let st = Status::from(long);
+        assert!(st.message().len() <= MAX_MESSAGE_BYTES + '…'.len_utf8());
+        assert!(st.message().ends_with('…'));
+        let short = Status::from(ApiError::InvalidArgument("short".into()));
+        assert_eq!(short.message(), "short");
+    }
 
     #[test]
     fn runtime_kinds_map_to_codes() {

@@ -4,6 +4,7 @@
 mod api {
     pub mod bad_input;
     pub mod events;
+    pub mod fuzz;
     pub mod harness;
     pub mod invoke;
     pub mod liveness;

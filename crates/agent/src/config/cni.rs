@@ -153,6 +153,11 @@ pub fn load(
         net_dir: v.abs_path(env::CNI_NET_DIR, "/var/lib/cni/networks")?,
         ip_masq: v.bool(env::CNI_IP_MASQ, true)?,
         identity_file: v.abs_path(env::CNI_IDENTITY_FILE, "/var/lib/cni/esb-cni.env")?,
+        plugin_timeout: v.duration(
+            env::CNI_PLUGIN_TIMEOUT,
+            esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+            std::time::Duration::from_secs(1),
+        )?,
         firewall: Some(worker_firewall(v, identity, &identity.cni_network_name())?),
     })
 }

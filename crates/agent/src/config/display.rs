@@ -191,6 +191,7 @@ pub fn render(c: &Config) -> String {
                 ("cni.bin_dir", cni.bin_dir.display().to_string()),
                 ("cni.net_dir", cni.net_dir.display().to_string()),
                 ("cni.identity_file", cni.identity_file.display().to_string()),
+                ("cni.plugin_timeout", format_duration(cni.plugin_timeout)),
             ]);
         }
     }

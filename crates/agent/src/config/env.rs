@@ -85,6 +85,7 @@ settings! {
     CNI_NET_DIR = "CNI_NET_DIR", "cni-net-dir", false, "host-local IPAM data directory";
     CNI_IP_MASQ = "CNI_IP_MASQ", "cni-ip-masq", false, "Masquerade worker traffic leaving the bridge";
     CNI_IDENTITY_FILE = "CNI_IDENTITY_FILE", "cni-identity-file", false, "Identity file read by the gateway (esb-cni.env)";
+    CNI_PLUGIN_TIMEOUT = "CNI_PLUGIN_TIMEOUT", "cni-plugin-timeout", false, "Upper bound for one CNI plugin run";
     AGENT_WORKER_DENY_CIDRS = "AGENT_WORKER_DENY_CIDRS", "worker-deny-cidrs", false, "IPv4 CIDRs workers may never reach through the node (comma-separated; none = empty)";
     AGENT_WORKER_EGRESS = "AGENT_WORKER_EGRESS", "worker-egress", false, "Worker connections beyond the node: all (minus the denied CIDRs) or none";
     // docker

@@ -423,6 +423,8 @@ fn bad_values_name_their_variable() {
         ("CNI_NET_DIR", "networks"),
         ("CNI_IP_MASQ", "perhaps"),
         ("CNI_IDENTITY_FILE", "esb-cni.env"),
+        ("CNI_PLUGIN_TIMEOUT", "0s"),
+        ("CNI_PLUGIN_TIMEOUT", "soon"),
         ("AGENT_WORKER_DENY_CIDRS", "169.254.0.0/16,10.0.0.1/8"),
         ("AGENT_WORKER_DENY_CIDRS", "fd00::/8"),
         ("AGENT_WORKER_EGRESS", "some"),

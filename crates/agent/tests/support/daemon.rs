@@ -1,12 +1,11 @@
-//! A containerd of the test's own, for tests that must kill and restart the daemon: the
-//! shared dev daemon is never restarted.
+//! A containerd of the test's own (root, state, sockets and log under `dir`), for tests that
+//! stop, kill or restart the daemon: the shared dev daemon is never restarted.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// A containerd of the test's own (root, state and sockets under `dir`), so it can be killed
-/// and restarted without touching the shared dev daemon; killed when dropped.
+/// The private daemon; killed when dropped.
 pub struct Daemon {
     dir: PathBuf,
     child: Option<Child>,
@@ -26,6 +25,7 @@ impl Daemon {
         self.dir.join("c.sock").to_str().unwrap().to_string()
     }
 
+    /// (Re)starts it on the same root and state (its shims and their tasks are adopted).
     pub fn restart(&mut self) {
         let config = self.dir.join("config.toml");
         std::fs::write(
@@ -36,14 +36,30 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
             .unwrap();
-        self.child = Some(child);
+        self.child = Some(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// SIGTERM (a normal stop: shims and workers outlive it), then wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
     }
 
     /// SIGKILL, as a crash would; the shims (and so the workers) live on.

@@ -31,10 +31,15 @@ pub struct World {
 
 impl World {
     pub fn new(env: &esb_testkit::DevEnv, net: Net) -> Self {
+        Self::on_socket(env, net, env.containerd_socket.as_deref().unwrap())
+    }
+
+    /// A world on another containerd (e.g. a private one a chaos test stops and restarts).
+    pub fn on_socket(env: &esb_testkit::DevEnv, net: Net, socket: &str) -> Self {
         let w = Self {
             dir: esb_testkit::agent::scratch_dir(net.scratch_prefix).unwrap(),
             net,
-            socket: env.containerd_socket.clone().unwrap(),
+            socket: socket.to_string(),
             image: env.worker_image.clone().unwrap(),
             registry: env.registry.clone().unwrap(),
         };
@@ -50,8 +55,8 @@ impl World {
         self.spawn_with(name, policy, &[])
     }
 
-    /// Like [`World::spawn`] with extra env vars (later ones win).
-    pub fn spawn_with(&self, name: &str, policy: &str, extra: &[(&str, &str)]) -> AgentProcess {
+    /// `spawn` with some settings replaced or added (`overrides` win).
+    pub fn spawn_with(&self, name: &str, policy: &str, overrides: &[(&str, &str)]) -> AgentProcess {
         let (state, conf, net, idf) = (
             self.path("state"),
             self.path("net.d"),
@@ -77,7 +82,11 @@ impl World {
             ("AGENT_DRAIN_TIMEOUT", "20s"),
             ("AGENT_LOG_LEVEL", "info"),
         ];
-        let env: Vec<(&str, &str)> = env.iter().chain(extra).copied().collect();
+        let mut env: Vec<(&str, &str)> = env
+            .into_iter()
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .collect();
+        env.extend_from_slice(overrides);
         AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_esb-agent")), name, &env).unwrap()
     }
 

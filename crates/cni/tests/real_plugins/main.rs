@@ -55,6 +55,7 @@ impl TestNet {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
+            plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
             firewall: None,
         };
         del_bridge(&settings.bridge);
