@@ -214,6 +214,28 @@ async fn table_shows(agent: &AgentProcess, state: &str, n: f64) -> Duration {
     }
 }
 
+/// From the lag histogram (daemon timestamp → table): the mean, and the smallest bucket
+/// bound that holds every event.
+fn event_lag(text: &str) -> (Duration, Duration) {
+    let name = "esb_agent_worker_event_lag_seconds";
+    let count = value(text, &format!("{name}_count"));
+    assert!(count >= 4.0, "too few events timed: {count}");
+    let mean = value(text, &format!("{name}_sum")) / count;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let max = text
+        .lines()
+        .filter_map(|l| {
+            let (le, n) = l.strip_prefix(prefix.as_str())?.split_once("\"} ")?;
+            Some((le.parse::<f64>().ok()?, n.trim().parse::<f64>().ok()?))
+        })
+        .find(|(_, n)| *n >= count)
+        .map_or(f64::INFINITY, |(le, _)| le);
+    (
+        Duration::from_secs_f64(mean),
+        Duration::try_from_secs_f64(max).unwrap_or(Duration::MAX),
+    )
+}
+
 /// One connect attempt, bounded.
 async fn connects(w: &WorkerInfo) -> bool {
     let addr = format!("{}:{}", w.ip_address, w.port);
@@ -424,6 +446,9 @@ async fn events_drive_state(
     );
 
     let text = scrape(&agent.metrics_addr).await;
+    let (mean, max) = event_lag(&text);
+    eprintln!("events: daemon timestamp → worker table: mean {mean:?}, all within {max:?}");
+    assert!(max <= EVENT_BOUND, "{max:?}");
     for kind in ["exited", "paused", "resumed", "deleted"] {
         let n = value(
             &text,

@@ -3,6 +3,7 @@
 //! [`WorkerEvent`]s. Exec exits are dropped (only the worker's main process counts).
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use containerd_client::events::{ContainerDelete, TaskExit, TaskOom, TaskPaused, TaskResumed};
 use containerd_client::services::v1::SubscribeRequest;
@@ -121,7 +122,12 @@ fn decode(env: &Envelope) -> Option<WorkerEvent> {
         ),
         _ => return None,
     };
-    (!id.is_empty()).then_some(WorkerEvent { id, kind })
+    let at = env.timestamp.as_ref().and_then(|t| {
+        let secs = u64::try_from(t.seconds).ok()?;
+        let nanos = u32::try_from(t.nanos).ok()?;
+        Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    });
+    (!id.is_empty()).then_some(WorkerEvent { id, kind, at })
 }
 
 #[cfg(test)]
@@ -130,7 +136,10 @@ mod tests {
 
     fn envelope(topic: &str, msg: &impl Message) -> Envelope {
         Envelope {
-            timestamp: None,
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
             namespace: "ns".into(),
             topic: topic.into(),
             event: Some(prost_types::Any {
@@ -156,7 +165,8 @@ mod tests {
                 kind: WorkerEventKind::Exited {
                     exit_code: 3,
                     oom: false
-                }
+                },
+                at: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
             })
         );
         let exec = TaskExit {

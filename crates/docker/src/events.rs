@@ -3,7 +3,7 @@
 //! [`WorkerEvent`]s.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::models::EventMessage;
 use bollard::query_parameters::EventsOptions;
@@ -90,7 +90,11 @@ fn decode(msg: &EventMessage) -> Option<WorkerEvent> {
         "destroy" => WorkerEventKind::Deleted,
         _ => return None,
     };
-    Some(WorkerEvent { id, kind })
+    let at = msg
+        .time_nano
+        .and_then(|n| u64::try_from(n).ok())
+        .map(|n| UNIX_EPOCH + Duration::from_nanos(n));
+    Some(WorkerEvent { id, kind, at })
 }
 
 #[cfg(test)]
@@ -114,6 +118,7 @@ mod tests {
                         .collect::<HashMap<_, _>>(),
                 ),
             }),
+            time_nano: Some(1_700_000_000_000_000_005),
             ..Default::default()
         }
     }
@@ -127,7 +132,8 @@ mod tests {
                 kind: WorkerEventKind::Exited {
                     exit_code: 3,
                     oom: false
-                }
+                },
+                at: Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_005)),
             })
         );
         let kind = |a| decode(&message(a, "c1", &[])).map(|e| e.kind);

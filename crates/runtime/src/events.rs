@@ -3,6 +3,7 @@
 //! worker, so the server's worker table changes within a second instead of at the next poll.
 
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use futures::Stream;
 
@@ -15,6 +16,8 @@ pub struct WorkerEvent {
     /// full container id).
     pub id: String,
     pub kind: WorkerEventKind,
+    /// When the daemon says it happened (for the event → table lag), if it says.
+    pub at: Option<SystemTime>,
 }
 
 /// What happened.

@@ -50,7 +50,12 @@ pub(crate) async fn event_loop(core: Arc<Core>) {
                         item = stream.next() => match item {
                             Some(Ok(ev)) => {
                                 core.metrics.events.event(ev.kind);
-                                if core.table.apply_event(&ev) {
+                                let applied = core.table.apply_event(&ev);
+                                if let Some(at) = ev.at {
+                                    // A clock step can put the event in the future: 0.
+                                    core.metrics.events.lag(at.elapsed().unwrap_or_default());
+                                }
+                                if applied {
                                     tracing::debug!(container_id = %ev.id, kind = ev.kind.as_str(), "worker event applied");
                                     match ev.kind {
                                         WorkerEventKind::Exited { exit_code, oom } => {

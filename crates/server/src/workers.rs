@@ -512,7 +512,8 @@ mod tests {
             kind: WorkerEventKind::Exited {
                 exit_code: 3,
                 oom: false
-            }
+            },
+            at: None,
         }));
         t.refresh(&[state("w", None)], Instant::now());
         assert_eq!(t.status("w"), Some(WorkerStatus::Stopped));

@@ -1,11 +1,13 @@
 //! Metrics of the event-driven worker state and of the ready wait: daemon events received by
-//! kind, resubscriptions of the event stream, and how Ensure/Resume's wait for the worker's
-//! port ended.
+//! kind, how long after the daemon's own timestamp they reached the worker table,
+//! resubscriptions of the event stream, and how Ensure/Resume's wait for the worker's port
+//! ended.
 
 use esb_runtime::WorkerEventKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,11 +42,24 @@ impl ReadyOutcome {
 }
 
 /// Registered into the server's registry by [`super::Metrics::new`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventMetrics {
     events: Family<KindLabels, Counter>,
+    lag: Histogram,
     resubscriptions: Counter,
     ready: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for EventMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            // 100 µs … 3.3 s.
+            lag: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            resubscriptions: Counter::default(),
+            ready: Family::default(),
+        }
+    }
 }
 
 impl EventMetrics {
@@ -54,6 +69,11 @@ impl EventMetrics {
             "esb_agent_worker_events",
             "Daemon events about managed workers applied to the worker table, by kind (exited, oom, paused, resumed, deleted)",
             m.events.clone(),
+        );
+        registry.register(
+            "esb_agent_worker_event_lag_seconds",
+            "From the daemon's timestamp of a worker event to its application to the worker table",
+            m.lag.clone(),
         );
         registry.register(
             "esb_agent_event_resubscriptions",
@@ -74,6 +94,11 @@ impl EventMetrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// `lag`: the daemon's event time to now (one host, one clock).
+    pub fn lag(&self, lag: std::time::Duration) {
+        self.lag.observe(lag.as_secs_f64());
     }
 
     pub fn resubscribed(&self) {

@@ -27,6 +27,7 @@ fn ev(id: &str, kind: WorkerEventKind) -> WorkerEvent {
     WorkerEvent {
         id: id.into(),
         kind,
+        at: Some(std::time::SystemTime::now()),
     }
 }
 
@@ -77,6 +78,11 @@ async fn events_update_the_table_without_any_rpc() {
     let (_, text) = agent.scrape("/metrics").await;
     assert!(
         text.contains("esb_agent_worker_events_total{kind=\"resumed\"} 2"),
+        "{text}"
+    );
+    // Every event carried the (fake) daemon's timestamp: each one's lag was observed.
+    assert!(
+        text.contains("esb_agent_worker_event_lag_seconds_count 5"),
         "{text}"
     );
     assert_eq!(gauge(&agent, "STOPPED").await, "1");

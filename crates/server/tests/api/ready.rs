@@ -140,7 +140,8 @@ async fn an_exit_told_by_events_alone_fails_the_ensure_with_its_code() {
                 ] {
                     assert!(rt.emit(WorkerEvent {
                         id: w.id.clone(),
-                        kind
+                        kind,
+                        at: Some(std::time::SystemTime::now()),
                     }));
                 }
                 return;
