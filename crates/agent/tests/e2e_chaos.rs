@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,8 +22,11 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/world.rs"]
 mod support;
+use daemon::Daemon;
 use support::{Net, World};
 
 const NET: Net = Net {
@@ -38,68 +40,6 @@ const OWNER: &str = "owner-chaos";
 const SERVING: i32 = 1;
 
 type Client = AgentServiceClient<Channel>;
-
-/// A containerd of this test only (own root, state and socket under `dir`).
-struct Daemon {
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Self {
-        let mut d = Self {
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        d.restart();
-        d
-    }
-
-    fn socket(&self) -> String {
-        self.dir.join("c.sock").to_str().unwrap().to_string()
-    }
-
-    fn restart(&mut self) {
-        let config = self.dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
-                self.dir.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(self.dir.join("containerd.log")).unwrap();
-        self.child = Some(
-            Command::new("containerd")
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    /// SIGTERM (a normal stop: shims and workers outlive it), then wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 async fn health(addr: &str) -> Option<i32> {
     let ch = Channel::from_shared(addr.to_string())

@@ -7,9 +7,10 @@ use std::time::Duration;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
     CreateNamespaceRequest, GetNamespaceRequest, Namespace, containers_client::ContainersClient,
-    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
-    tasks_client::TasksClient, version_client::VersionClient,
+    content_client::ContentClient, diff_client::DiffClient, events_client::EventsClient,
+    images_client::ImagesClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
+    version_client::VersionClient,
 };
 use esb_runtime::{ErrorKind, RuntimeError};
 use hyper_util::rt::TokioIo;
@@ -147,6 +148,9 @@ impl Client {
     }
     pub(crate) fn diff(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
+    }
+    pub(crate) fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
     }
     pub(crate) fn images(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())

@@ -51,10 +51,12 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
             }
         }
         Err(s) if is_not_found(&s) => {
-            // Nothing to destroy; still drop a stale attachment of that id if one is journaled.
+            // Nothing to destroy (removed outside the agent, or a repeat); still release what
+            // the container record did not own: a journaled attachment and the log.
             if let Ok(Some(_)) = inner.cni.attachment(id) {
                 inner.cni.detach(id).await?;
             }
+            crate::logs::remove(&ensure::log_path(inner, id));
             return Ok(false);
         }
         Err(s) => return Err(status_err("get container", s)),

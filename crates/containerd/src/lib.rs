@@ -6,6 +6,7 @@ mod capabilities;
 mod client;
 mod destroy;
 mod ensure;
+mod events;
 mod gc;
 mod image;
 mod lease;
@@ -25,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use esb_cni::CniNetwork;
 use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
 use esb_runtime::{
-    EnsureRequest, GcReport, Observer, ObserverSlot, Result, Runtime, RuntimeCapabilities,
-    RuntimeError, Worker, WorkerMetrics, WorkerState,
+    EnsureRequest, EventStream, GcReport, Observer, ObserverSlot, Result, Runtime,
+    RuntimeCapabilities, RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
 
 /// containerd-backed [`esb_runtime::Runtime`].
@@ -181,6 +182,10 @@ impl Runtime for ContainerdRuntime {
 
     async fn ping(&self) -> Result<()> {
         capabilities::ping(&self.inner.client).await
+    }
+
+    async fn events(&self) -> Result<EventStream> {
+        events::subscribe(&self.inner)
     }
 
     async fn release_node_resources(&self) -> Result<()> {

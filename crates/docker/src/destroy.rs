@@ -25,6 +25,7 @@ pub(crate) async fn destroy(inner: &Arc<Inner>, id: &str) -> Result<bool> {
 async fn destroy_now(inner: &Inner, id: &str) -> Result<bool> {
     // Only managed workers are ours to remove; anything else is "not there" for us.
     let Some(c) = inspect_managed(inner, id).await? else {
+        inner.known.forget(id);
         return Ok(false);
     };
     let full_id = c.id.unwrap_or_else(|| id.to_string());

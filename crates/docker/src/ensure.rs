@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkingConfig,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
+    HostConfigLogConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
 use esb_runtime::names::worker_name;
+use esb_runtime::report;
 use esb_runtime::settings::PullPolicy;
 use esb_runtime::{
     EnsureRequest, ErrorKind, Phase, PullOutcome, Result, RuntimeError, WORKER_PORT, Worker,
@@ -250,6 +251,29 @@ async fn start_and_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
     res
 }
 
+/// A worker whose process exited before it got its address (Docker releases a dead
+/// container's IP): `UNAVAILABLE` with its exit code and log tail, the same report as the
+/// server's ready wait gives (the caller then removes the container).
+async fn exited_at_start(inner: &Inner, id: &str, c: &ContainerInspectResponse) -> RuntimeError {
+    let state = c.state.as_ref();
+    let code = state
+        .and_then(|s| s.exit_code)
+        .and_then(|c| u32::try_from(c).ok());
+    let oom = state.and_then(|s| s.oom_killed).unwrap_or(false);
+    inner.observer.get().exited_at_start();
+    let log = match crate::logs::read(inner, id, None, report::TAIL_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(id, error = %e.chain(), "no log tail for the exit report");
+            Vec::new()
+        }
+    };
+    RuntimeError::new(
+        ErrorKind::Unavailable,
+        report::exited_at_start(id, code.map(|c| (c, oom)), &log),
+    )
+}
+
 async fn wait_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
     let network = &inner.settings.network;
     let mut delays = IP_BACKOFF_MS.iter();
@@ -261,10 +285,7 @@ async fn wait_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
             .map_err(|e| map(e, "inspect new worker", Subject::Worker))?;
         let status = inspect_status(&c);
         if status == WorkerStatus::Stopped {
-            let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or(0);
-            return Err(RuntimeError::internal(format!(
-                "worker exited during start (exit code {code})"
-            )));
+            return Err(exited_at_start(inner, id, &c).await);
         }
         if let Some(ip) = ip_on(
             c.network_settings

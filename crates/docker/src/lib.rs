@@ -8,6 +8,7 @@ mod convert;
 mod destroy;
 mod ensure;
 mod error;
+mod events;
 mod firewall;
 mod gc;
 mod image;
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use bollard::Docker;
 use esb_runtime::settings::{CommonSettings, DockerSettings};
 use esb_runtime::{
-    EnsureRequest, GcReport, Observer, ObserverSlot, Result, Runtime, RuntimeCapabilities,
-    RuntimeError, Worker, WorkerMetrics, WorkerState,
+    EnsureRequest, EventStream, GcReport, Observer, ObserverSlot, Result, Runtime,
+    RuntimeCapabilities, RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
 
 /// Docker-backed [`esb_runtime::Runtime`].
@@ -116,6 +117,10 @@ impl Runtime for DockerRuntime {
 
     async fn ping(&self) -> Result<()> {
         connect::ping(&self.inner.docker).await
+    }
+
+    async fn events(&self) -> Result<EventStream> {
+        events::subscribe(&self.inner)
     }
 
     async fn release_node_resources(&self) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::convert::{labels_of, state_from_inspect, state_from_summary};
 use crate::error::{Subject, is_not_found, map};
 
 /// `label=k=v` filters selecting the managed workers of this brand+ENV.
-fn managed_filters(inner: &Inner) -> HashMap<String, Vec<String>> {
+pub(crate) fn managed_filters(inner: &Inner) -> HashMap<String, Vec<String>> {
     let labels = inner
         .common
         .identity

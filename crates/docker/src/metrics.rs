@@ -24,16 +24,34 @@ pub(crate) async fn metrics(inner: &Inner, id: &str) -> Result<WorkerMetrics> {
             stream: false,
             one_shot: true,
         };
-        let stats = inner
-            .docker
-            .stats(&m.id, Some(opts))
-            .next()
-            .await
-            .ok_or_else(|| RuntimeError::internal("worker stats: empty answer"))?
-            .map_err(|e| map(e, "worker stats", Subject::Worker))?;
-        apply_stats(&mut m, &stats);
+        match inner.docker.stats(&m.id, Some(opts)).next().await {
+            Some(Ok(stats)) => apply_stats(&mut m, &stats),
+            // No stats: the worker stopped or was removed meanwhile (a janitor racing a
+            // destroy). Answer what it is now, never an internal error.
+            other => return after_missing_stats(inner, id, other).await,
+        }
     }
     Ok(m)
+}
+
+/// The answer when one-shot stats came back empty or failed: `NotFound` when the worker is
+/// gone, `Stopped` with zero counters when it stopped, else the stats error.
+async fn after_missing_stats(
+    inner: &Inner,
+    id: &str,
+    stats: Option<Result<ContainerStatsResponse, bollard::errors::Error>>,
+) -> Result<WorkerMetrics> {
+    let Some(c) = inspect_managed(inner, id).await? else {
+        return Err(RuntimeError::not_found(format!("worker {id} not found")));
+    };
+    let status = inspect_status(&c);
+    if !matches!(status, WorkerStatus::Running | WorkerStatus::Paused) {
+        return Ok(base(inner, &c, status));
+    }
+    Err(match stats {
+        Some(Err(e)) => map(e, "worker stats", Subject::Worker),
+        _ => RuntimeError::unavailable("worker stats: empty answer from the daemon"),
+    })
 }
 
 /// Everything inspect tells: identity, limit, OOM flag, and the exit of a stopped worker.

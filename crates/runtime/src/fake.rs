@@ -11,6 +11,7 @@ use crate::{
     Runtime, RuntimeCapabilities, RuntimeError, RuntimeKind, WORKER_PORT, Worker, WorkerMetrics,
     WorkerState, WorkerStatus,
 };
+use crate::{EventStream, WorkerEvent};
 
 /// A runtime operation, for call records and scripted failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +26,8 @@ pub enum Op {
     Gc,
     Reconcile,
     Ping,
+    /// A subscription to the event stream (only once enabled with `enable_events`).
+    Events,
     LogPosition,
     ReadLog,
 }
@@ -55,6 +58,10 @@ struct Inner {
     next_id: u64,
     ensure_delay: Duration,
     reconcile_result: Vec<WorkerState>,
+    /// `None`: `events` is unimplemented (the default, so servers poll only).
+    events_enabled: bool,
+    /// The sender of the current subscription.
+    events_tx: Option<tokio::sync::mpsc::UnboundedSender<Result<WorkerEvent>>>,
     /// Per worker: its whole output, and chunks each `read_log` appends first (output that
     /// lands while an invocation runs, or late).
     logs: HashMap<String, (Vec<u8>, VecDeque<Vec<u8>>)>,
@@ -96,6 +103,8 @@ impl FakeRuntime {
                 next_id: 1,
                 ensure_delay: Duration::ZERO,
                 reconcile_result: Vec::new(),
+                events_enabled: false,
+                events_tx: None,
                 logs: HashMap::new(),
             }),
             observer: ObserverSlot::default(),
@@ -138,6 +147,40 @@ impl FakeRuntime {
             nth: None,
             kind,
         });
+    }
+
+    /// Makes `events` subscribe (it is `Unimplemented` until then).
+    pub fn enable_events(&self) {
+        self.lock().events_enabled = true;
+    }
+
+    /// Sends `ev` to the current subscriber; `false` when there is none.
+    pub fn emit(&self, ev: WorkerEvent) -> bool {
+        self.lock()
+            .events_tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Ok(ev)).is_ok())
+    }
+
+    /// Breaks the current subscription: with `Some(kind)` the stream yields that error,
+    /// with `None` it just ends (a daemon that went away).
+    pub fn break_events(&self, kind: Option<ErrorKind>) {
+        if let Some(tx) = self.lock().events_tx.take()
+            && let Some(kind) = kind
+        {
+            let _ = tx.send(Err(RuntimeError::new(
+                kind,
+                "scripted event stream failure",
+            )));
+        }
+    }
+
+    /// True while a subscriber is connected.
+    pub fn has_subscriber(&self) -> bool {
+        self.lock()
+            .events_tx
+            .as_ref()
+            .is_some_and(|tx| !tx.is_closed())
     }
 
     /// Removes every scripted failure.
@@ -377,6 +420,21 @@ impl Runtime for FakeRuntime {
 
     async fn ping(&self) -> Result<()> {
         self.enter(Op::Ping, None)
+    }
+
+    async fn events(&self) -> Result<EventStream> {
+        if !self.lock().events_enabled {
+            return Err(RuntimeError::new(
+                ErrorKind::Unimplemented,
+                "fake events not enabled",
+            ));
+        }
+        self.enter(Op::Events, None)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().events_tx = Some(tx);
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
     }
 
     /// Cursor = bytes written so far.

@@ -4,10 +4,12 @@
 //! [`Observer`] through which backends report phase timings, pulls and rollbacks.
 
 pub mod error;
+pub mod events;
 pub mod fsutil;
 pub mod identity;
 pub mod names;
 pub mod observe;
+pub mod report;
 pub mod settings;
 pub mod status;
 pub mod types;
@@ -16,6 +18,7 @@ pub mod types;
 pub mod fake;
 
 pub use error::{ErrorKind, RuntimeError};
+pub use events::{EventStream, WorkerEvent, WorkerEventKind};
 pub use observe::{NoopObserver, Observer, ObserverSlot, Phase, PullOutcome};
 pub use status::WorkerStatus;
 pub use types::*;
@@ -102,6 +105,19 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::new(
             ErrorKind::Unimplemented,
             "worker logs not implemented by this backend",
+        ))
+    }
+
+    /// Subscribes to the daemon's events about managed workers (exit, OOM, pause, resume,
+    /// delete). Returns once the subscription request is on its way; the stream ends or
+    /// yields an error when the daemon connection breaks, and the caller subscribes again
+    /// (then relists, so nothing is lost between the two). Events of unmanaged containers
+    /// may be filtered by the backend or left to the caller (which applies events only to
+    /// workers it knows). Default: `Unimplemented` (the server then relies on polling).
+    async fn events(&self) -> Result<EventStream> {
+        Err(RuntimeError::new(
+            ErrorKind::Unimplemented,
+            "worker events not implemented by this backend",
         ))
     }
 

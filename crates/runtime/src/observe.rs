@@ -22,17 +22,21 @@ pub enum Phase {
     TaskCreate,
     /// Starting the worker process.
     Start,
+    /// Waiting until the worker accepts TCP connections on its port (server side, after the
+    /// backend's ensure; `AGENT_ENSURE_READY_TIMEOUT`).
+    Ready,
 }
 
 impl Phase {
     /// Every phase, in ensure order.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Pull,
         Phase::Snapshot,
         Phase::Create,
         Phase::Network,
         Phase::TaskCreate,
         Phase::Start,
+        Phase::Ready,
     ];
 
     /// The metric label value.
@@ -44,6 +48,7 @@ impl Phase {
             Phase::Network => "network",
             Phase::TaskCreate => "task_create",
             Phase::Start => "start",
+            Phase::Ready => "ready",
         }
     }
 }
@@ -84,6 +89,9 @@ pub trait Observer: Send + Sync + 'static {
     fn rollback(&self, op: &'static str);
     /// Current number of IPAM reservations / network attachments (containerd + CNI only).
     fn ipam_reservations(&self, _n: u64) {}
+    /// A new worker's process exited while the backend was still starting it (before the
+    /// server's ready wait could see it); the ensure fails.
+    fn exited_at_start(&self) {}
 }
 
 /// Discards everything; what a backend uses until an observer is installed.

@@ -7,11 +7,13 @@
 pub mod authz;
 pub mod convert;
 pub mod error;
+mod events;
 mod grpc;
 mod health;
 pub mod invoke;
 pub mod logtail;
 pub mod metrics;
+mod ready;
 mod rpc;
 mod serve;
 pub mod service;

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry, the compat gRPC metric names, the agent's own
 //! `esb_agent_*` metrics and cheap process metrics read from /proc (catalogue: docs/metrics.md).
 
+mod events;
 mod http;
 
 use std::sync::Mutex;
@@ -16,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use self::events::{EventMetrics, ReadyOutcome};
 pub use self::http::serve as serve_http;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +80,8 @@ pub struct Metrics {
     process_fds: Gauge,
     process_cpu: Counter<f64, AtomicU64>,
     last_cpu: Mutex<f64>,
+    /// Worker events, resubscriptions and ready waits.
+    pub events: EventMetrics,
 }
 
 impl Default for Metrics {
@@ -130,7 +134,7 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register(
             "esb_agent_ensure_phase_duration_seconds",
-            "EnsureContainer latency by backend phase (pull, snapshot, create, network, task_create, start), seconds",
+            "EnsureContainer latency by phase (pull, snapshot, create, network, task_create, start; ready: the wait for the worker's port), seconds",
             ensure_phase_seconds.clone(),
         );
         let pulls = Family::<OutcomeLabels, Counter>::default();
@@ -193,6 +197,7 @@ impl Metrics {
             "Total user and system CPU time spent in seconds",
             process_cpu.clone(),
         );
+        let events = EventMetrics::register(&mut registry);
         Self {
             registry,
             grpc_handled,
@@ -213,6 +218,7 @@ impl Metrics {
             process_fds,
             process_cpu,
             last_cpu: Mutex::new(0.0),
+            events,
         }
     }
 
@@ -337,5 +343,9 @@ impl Observer for Metrics {
     fn ipam_reservations(&self, n: u64) {
         self.ipam_reservations
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    fn exited_at_start(&self) {
+        self.events.ready(ReadyOutcome::Exited);
     }
 }

@@ -87,6 +87,7 @@ pub async fn bind(
         table,
         invoker: Invoker::new(settings.invoke.clone(), metrics.clone()),
         metrics,
+        ready_timeout: settings.ensure_ready_timeout,
         facts: AgentFacts {
             agent_version: settings.agent_version.clone(),
             tls_enabled: !matches!(settings.tls, TlsSettings::Disabled),
@@ -137,6 +138,7 @@ impl BoundServer {
             )),
             tokio::spawn(gc_loop(self.core.clone(), s.gc_interval)),
             tokio::spawn(flush_loop(self.core.clone())),
+            tokio::spawn(crate::events::event_loop(self.core.clone())),
         ];
         if let Some(l) = self.metrics_listener {
             let core = self.core.clone();

@@ -12,6 +12,7 @@ use esb_runtime::{
 use crate::convert::{InvokeCall, Target};
 use crate::invoke::{InvokeReply, Invoker, NotInvocable, Outcome, ReportCell};
 use crate::metrics::Metrics;
+use crate::ready::ReadyFor;
 use crate::status::ApiError;
 use crate::workers::{Entry, WorkerTable};
 
@@ -33,6 +34,8 @@ pub struct Core {
     pub(crate) invoker: Invoker,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) facts: AgentFacts,
+    /// `AGENT_ENSURE_READY_TIMEOUT`; zero = Ensure/Resume do not wait for the port.
+    pub(crate) ready_timeout: Duration,
 }
 
 /// A listed worker with its last use.
@@ -46,6 +49,9 @@ impl Core {
         let started = Instant::now();
         let worker = self.runtime.ensure(req).await?;
         self.table.insert_created(&worker);
+        let addr = std::net::SocketAddr::new(worker.ip, worker.port);
+        self.await_ready(&worker.id, Some(addr), ReadyFor::Ensure)
+            .await?;
         self.metrics.ensure_done(started.elapsed());
         Ok(worker)
     }
@@ -96,7 +102,7 @@ impl Core {
 
     /// Resume counts as a use.
     pub async fn resume(&self, t: Target) -> Result<(), ApiError> {
-        self.owned(&t).await?;
+        let entry = self.owned(&t).await?;
         self.runtime
             .resume(&t.container_id)
             .await
@@ -104,7 +110,8 @@ impl Core {
         self.table
             .set_status(&t.container_id, WorkerStatus::Running);
         self.table.touch(&t.container_id);
-        Ok(())
+        self.await_ready(&t.container_id, entry.addr(), ReadyFor::Resume)
+            .await
     }
 
     fn forget_if_gone(&self, t: &Target, e: esb_runtime::RuntimeError) -> ApiError {
@@ -122,6 +129,13 @@ impl Core {
         Ok(states
             .into_iter()
             .filter(|s| s.owner_id == owner_id)
+            .map(|mut s| {
+                // The exit event may be ahead of the daemon's own listing.
+                if self.table.status(&s.id) == Some(WorkerStatus::Stopped) {
+                    s.status = WorkerStatus::Stopped;
+                }
+                s
+            })
             .map(|s| Listed {
                 last_used_at: self.table.last_used(&s.id, s.created_at),
                 state: s,
@@ -130,11 +144,23 @@ impl Core {
     }
 
     pub async fn metrics(&self, t: Target) -> Result<WorkerMetrics, ApiError> {
-        self.owned(&t).await?;
-        self.runtime
+        let entry = self.owned(&t).await?;
+        let mut m = self
+            .runtime
             .metrics(&t.container_id)
             .await
-            .map_err(|e| ApiError::from(e).for_metrics())
+            .map_err(|e| ApiError::from(e).for_metrics())?;
+        // The exit event may be ahead of the daemon's own state.
+        if let Some(code) = entry.exit.code
+            && m.status != Some(WorkerStatus::Stopped)
+        {
+            m.status = Some(WorkerStatus::Stopped);
+            m.exit_code = code;
+        }
+        if entry.exit.oom {
+            m.oom_events = m.oom_events.max(1);
+        }
+        Ok(m)
     }
 
     /// `grpc_deadline`: the caller's deadline, if it sent one. The report of an invocation
@@ -210,10 +236,18 @@ impl Core {
             }),
             // A stopped worker never starts listening: no cold-start wait until the deadline.
             WorkerStatus::Stopped => {
-                let m = tokio::time::timeout(EXIT_INFO_TIMEOUT, self.runtime.metrics(id)).await;
-                let (code, oom) = match m {
-                    Ok(Ok(m)) => (Some(m.exit_code), m.oom_events > 0),
-                    _ => (None, false),
+                // The exit event's code when it came (no runtime call), else ask.
+                let exit = self.table.exit(id);
+                let (code, oom) = match exit.code {
+                    Some(code) => (Some(code), exit.oom),
+                    None => {
+                        let m =
+                            tokio::time::timeout(EXIT_INFO_TIMEOUT, self.runtime.metrics(id)).await;
+                        match m {
+                            Ok(Ok(m)) => (Some(m.exit_code), m.oom_events > 0 || exit.oom),
+                            _ => (None, exit.oom),
+                        }
+                    }
                 };
                 let mut msg = format!("container {id}: worker process exited");
                 if let Some(code) = code {

@@ -97,6 +97,8 @@ pub struct ServerSettings {
     pub gc_interval: Duration,
     /// Period of the runtime liveness probe that drives gRPC health.
     pub health_interval: Duration,
+    /// How long Ensure/Resume wait for the worker to accept TCP connections; zero = no wait.
+    pub ensure_ready_timeout: Duration,
 }
 
 /// What the agent does with its workers on SIGTERM/SIGINT (SPEC §12).

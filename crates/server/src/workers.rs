@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use esb_runtime::{Runtime, RuntimeError, WORKER_PORT, Worker, WorkerState, WorkerStatus};
+use esb_runtime::{
+    Runtime, RuntimeError, WORKER_PORT, Worker, WorkerEvent, WorkerEventKind, WorkerState,
+    WorkerStatus,
+};
 
 use crate::invoke::Slot;
 
@@ -32,6 +35,17 @@ pub struct Entry {
     pub slot: Arc<Slot>,
     /// When the table last learnt about this entry (to tell a stale one from a fresh insert).
     seen: Instant,
+    /// What the daemon's exit/OOM events said (the listing may lag them).
+    pub exit: Exit,
+}
+
+/// A worker's exit as its events told it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exit {
+    /// From the exit event; `None` until one arrived.
+    pub code: Option<u32>,
+    /// An OOM event arrived (or the exit said so).
+    pub oom: bool,
 }
 
 impl Entry {
@@ -106,7 +120,7 @@ impl WorkerTable {
             self.dirty.store(true, Ordering::Relaxed);
         }
         for s in states {
-            upsert(&mut inner, s);
+            upsert(&mut inner, s, Instant::now());
         }
     }
 
@@ -126,6 +140,7 @@ impl WorkerTable {
                 created_at: w.created_at,
                 slot: Arc::new(Slot::fresh()),
                 seen: Instant::now(),
+                exit: Exit::default(),
             }),
         );
         inner.last_used.insert(w.id.clone(), unix_now());
@@ -145,7 +160,7 @@ impl WorkerTable {
         if inner.removed_since(id, started) {
             return Ok(None);
         }
-        upsert(&mut inner, state);
+        upsert(&mut inner, state, started);
         Ok(inner.entries.get(id).cloned())
     }
 
@@ -156,7 +171,7 @@ impl WorkerTable {
         let state = self.runtime.inspect(id).await?;
         let mut inner = self.lock();
         match &state {
-            Some(s) if !inner.removed_since(id, started) => upsert(&mut inner, s.clone()),
+            Some(s) if !inner.removed_since(id, started) => upsert(&mut inner, s.clone(), started),
             Some(_) => {}
             None => {
                 if inner.entries.get(id).is_some_and(|e| e.seen < started)
@@ -193,7 +208,7 @@ impl WorkerTable {
             .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
         for s in states {
             if !inner.removed_since(&s.id, started) {
-                upsert(&mut inner, s.clone());
+                upsert(&mut inner, s.clone(), started);
             }
         }
     }
@@ -206,6 +221,67 @@ impl WorkerTable {
                 e.slot.invalidate();
             }
         }
+    }
+
+    /// Applies a daemon event to a known worker (events of unknown ids are ignored: the
+    /// table tracks managed workers only, and a listing or lookup brings in the rest).
+    /// Returns whether an entry changed. A stopped worker stays stopped until removed.
+    pub fn apply_event(&self, ev: &WorkerEvent) -> bool {
+        let status = match ev.kind {
+            WorkerEventKind::Exited { .. } => WorkerStatus::Stopped,
+            WorkerEventKind::Paused => WorkerStatus::Paused,
+            WorkerEventKind::Resumed => WorkerStatus::Running,
+            WorkerEventKind::Oom => {
+                let mut inner = self.lock();
+                let Some(e) = inner.entries.get_mut(&ev.id) else {
+                    return false;
+                };
+                Arc::make_mut(e).exit.oom = true;
+                return true;
+            }
+            WorkerEventKind::Deleted => {
+                let known = self.lock().entries.contains_key(&ev.id);
+                if known {
+                    self.remove(&ev.id);
+                }
+                return known;
+            }
+        };
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(&ev.id) else {
+            return false;
+        };
+        if e.status == WorkerStatus::Stopped && e.exit.code.is_some() {
+            return false;
+        }
+        let e = Arc::make_mut(e);
+        if let WorkerEventKind::Exited { exit_code, oom } = ev.kind {
+            e.exit.code = Some(exit_code);
+            e.exit.oom |= oom;
+        } else if e.status == WorkerStatus::Stopped {
+            // A pause/resume event cannot revive an exited worker.
+            return false;
+        }
+        e.status = status;
+        if status != WorkerStatus::Running {
+            e.slot.invalidate();
+        }
+        e.seen = Instant::now();
+        true
+    }
+
+    /// The known status of `id`, without asking the runtime.
+    pub fn status(&self, id: &str) -> Option<WorkerStatus> {
+        self.lock().entries.get(id).map(|e| e.status)
+    }
+
+    /// What the events said about the exit of `id` (default when nothing or unknown).
+    pub fn exit(&self, id: &str) -> Exit {
+        self.lock()
+            .entries
+            .get(id)
+            .map(|e| e.exit)
+            .unwrap_or_default()
     }
 
     pub fn remove(&self, id: &str) {
@@ -262,8 +338,11 @@ impl WorkerTable {
     }
 }
 
-fn upsert(inner: &mut Inner, s: WorkerState) {
+/// Merges one runtime answer obtained from `taken` on. An entry the table learnt about after
+/// that (a racing Ensure, an event) is fresher than the answer and is left alone.
+fn upsert(inner: &mut Inner, s: WorkerState, taken: Instant) {
     match inner.entries.get_mut(&s.id) {
+        Some(e) if e.seen > taken => {}
         Some(e) => {
             let e = Arc::make_mut(e);
             // Never blank a known IP; a changed IP or a non-running worker drops its
@@ -277,7 +356,11 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
             if s.status != WorkerStatus::Running {
                 e.slot.invalidate();
             }
-            e.status = s.status;
+            // An exit an event told is final (no restarts): a listing or inspect that still
+            // says running is stale — Docker sends `die` before its own state says exited.
+            if e.exit.code.is_none() {
+                e.status = s.status;
+            }
             if s.created_at > 0 {
                 e.created_at = s.created_at;
             }
@@ -300,6 +383,7 @@ fn upsert(inner: &mut Inner, s: WorkerState) {
                     created_at: s.created_at,
                     slot: Arc::new(Slot::default()),
                     seen: Instant::now(),
+                    exit: Exit::default(),
                 }),
             );
         }
@@ -393,6 +477,47 @@ mod tests {
         // A listing taken after the removal is believed.
         t.refresh(&[state("a", None)], Instant::now());
         assert_eq!(t.entries().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_answer_never_overrides_and_only_an_event_told_exit_is_final() {
+        let rt = Arc::new(FakeRuntime::new());
+        let t = WorkerTable::new(rt, None);
+        let stopped = |id: &str| WorkerState {
+            status: WorkerStatus::Stopped,
+            ..state(id, None)
+        };
+        // A listing taken mid-ensure (container, no task yet) merged after Ensure answered.
+        let started = Instant::now() - Duration::from_millis(1);
+        t.insert_created(&Worker {
+            id: "w".into(),
+            name: "w".into(),
+            ip: "10.0.0.3".parse().unwrap(),
+            port: 8080,
+            function_name: "f".into(),
+            owner_id: "o".into(),
+            created_at: 1,
+        });
+        t.refresh(&[stopped("w")], started);
+        assert_eq!(t.status("w"), Some(WorkerStatus::Running));
+        // A stop seen only in a listing is corrected by a later listing…
+        t.refresh(&[stopped("w")], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Stopped));
+        t.refresh(&[state("w", None)], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Running));
+        // …an exit an event told is not (Docker lists a worker running for a moment after
+        // its `die`), and its code is kept.
+        assert!(t.apply_event(&WorkerEvent {
+            id: "w".into(),
+            kind: WorkerEventKind::Exited {
+                exit_code: 3,
+                oom: false
+            },
+            at: None,
+        }));
+        t.refresh(&[state("w", None)], Instant::now());
+        assert_eq!(t.status("w"), Some(WorkerStatus::Stopped));
+        assert_eq!(t.exit("w").code, Some(3));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod api {
     pub mod bad_input;
+    pub mod events;
     pub mod fuzz;
     pub mod harness;
     pub mod invoke;
@@ -10,6 +11,7 @@ mod api {
     pub mod logtail;
     pub mod observability;
     pub mod pki;
+    pub mod ready;
     pub mod relist;
     pub mod report;
     pub mod service;

@@ -101,6 +101,10 @@ pub fn render(c: &Config) -> String {
         ),
         ("server.gc_interval", format_duration(s.gc_interval)),
         ("server.health_interval", format_duration(s.health_interval)),
+        (
+            "server.ensure_ready_timeout",
+            format_duration(s.ensure_ready_timeout),
+        ),
         ("state_dir", c.common.state_dir.display().to_string()),
         ("registry.default", reg.default_registry.clone()),
         ("registry.insecure", reg.insecure.to_string()),

@@ -54,6 +54,7 @@ settings! {
     AGENT_SHUTDOWN_POLICY = "AGENT_SHUTDOWN_POLICY", "shutdown-policy", false, "keep (workers survive the agent) or destroy";
     AGENT_GC_INTERVAL = "AGENT_GC_INTERVAL", "gc-interval", false, "Period of the background GC pass";
     AGENT_HEALTH_INTERVAL = "AGENT_HEALTH_INTERVAL", "health-interval", false, "Period of the runtime liveness probe";
+    AGENT_ENSURE_READY_TIMEOUT = "AGENT_ENSURE_READY_TIMEOUT", "ensure-ready-timeout", false, "How long Ensure/Resume wait for the worker to accept TCP connections (0 = no wait)";
     AGENT_STATE_DIR = "AGENT_STATE_DIR", "state-dir", false, "Durable agent state directory";
     // workers
     AGENT_WORKER_MEMORY_MIB = "AGENT_WORKER_MEMORY_MIB", "worker-memory-mib", false, "Default worker memory limit, MiB";

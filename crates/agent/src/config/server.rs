@@ -127,7 +127,22 @@ pub fn load(
             Duration::from_secs(5),
             Duration::from_millis(100),
         )?,
+        ensure_ready_timeout: ready_timeout(v)?,
     })
+}
+
+/// `AGENT_ENSURE_READY_TIMEOUT`: 0 (no wait) up to 60 s; a longer wait would only hold a
+/// gateway's Ensure hostage to a worker that never listens.
+fn ready_timeout(v: &Vars<'_>) -> Result<Duration, ConfigError> {
+    let var = env::AGENT_ENSURE_READY_TIMEOUT;
+    let d = v.duration(var, Duration::from_secs(2), Duration::ZERO)?;
+    if d > Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            var,
+            format!("{}ms is above the maximum of 60s", d.as_millis()),
+        ));
+    }
+    Ok(d)
 }
 
 fn tls(v: &Vars<'_>) -> Result<TlsSettings, ConfigError> {

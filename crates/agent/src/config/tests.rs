@@ -385,6 +385,8 @@ fn bad_values_name_their_variable() {
         ("AGENT_SHUTDOWN_POLICY", "kill"),
         ("AGENT_GC_INTERVAL", "0s"),
         ("AGENT_HEALTH_INTERVAL", "1ms"),
+        ("AGENT_ENSURE_READY_TIMEOUT", "soon"),
+        ("AGENT_ENSURE_READY_TIMEOUT", "2m"),
         ("AGENT_STATE_DIR", "state"),
         ("AGENT_WORKER_MEMORY_MIB", "1"),
         ("AGENT_WORKER_CPU_MILLIS", "lots"),
