@@ -2,6 +2,7 @@
 //! flags layered on top), validated at start-up, assembled into the settings each layer takes.
 //! A bad value is one [`ConfigError`] naming the variable and what it accepts.
 
+mod admission;
 mod cni;
 mod common;
 mod display;
@@ -101,7 +102,8 @@ pub fn load(src: &dyn Source) -> Result<Config, ConfigError> {
     let logging = load_logging(&v)?;
     let identity = load_identity(&v)?;
     let common = common::load(&v, identity.clone())?;
-    let server = server::load(&v, &common.state_dir, &mut notes)?;
+    let mut server = server::load(&v, &common.state_dir, &mut notes)?;
+    server.admission = admission::load(&v, &common.worker, admission::HostFacts::probe())?;
     let backend = match runtime {
         "containerd" => {
             // SPEC §10: the worker firewall rejects every host port (not a list of the

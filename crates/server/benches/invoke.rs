@@ -172,6 +172,7 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
         gc_interval: Duration::from_secs(3600),
         health_interval: Duration::from_secs(5),
         ensure_ready_timeout: Duration::ZERO,
+        admission: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::admission::Admission;
 use crate::error::ServerError;
 use crate::grpc::Grpc;
 use crate::invoke::Invoker;
@@ -88,6 +89,7 @@ pub async fn bind(
         invoker: Invoker::new(settings.invoke.clone(), metrics.clone()),
         metrics,
         ready_timeout: settings.ensure_ready_timeout,
+        admission: Arc::new(Admission::new(settings.admission.clone())),
         facts: AgentFacts {
             agent_version: settings.agent_version.clone(),
             tls_enabled: !matches!(settings.tls, TlsSettings::Disabled),

@@ -9,6 +9,7 @@ use esb_runtime::{
     EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerState, WorkerStatus,
 };
 
+use crate::admission::Admission;
 use crate::convert::{InvokeCall, Target};
 use crate::invoke::{InvokeReply, Invoker, NotInvocable, Outcome, ReportCell};
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ pub struct Core {
     pub(crate) facts: AgentFacts,
     /// `AGENT_ENSURE_READY_TIMEOUT`; zero = Ensure/Resume do not wait for the port.
     pub(crate) ready_timeout: Duration,
+    pub(crate) admission: Arc<Admission>,
 }
 
 /// A listed worker with its last use.
@@ -47,8 +49,22 @@ pub struct Listed {
 impl Core {
     pub async fn ensure(&self, req: EnsureRequest) -> Result<Worker, ApiError> {
         let started = Instant::now();
-        let worker = self.runtime.ensure(req).await?;
-        self.table.insert_created(&worker);
+        let memory = self.admission.memory_of(&req.env)?;
+        let ticket = self
+            .admission
+            .admit(&req.owner_id, memory, &self.table)
+            .await?;
+        // The runtime's work holds the ticket (its concurrency slot) to the end, even when the
+        // caller leaves: the bound holds for what the runtime really runs.
+        let (runtime, table) = (self.runtime.clone(), self.table.clone());
+        let worker = tokio::spawn(async move {
+            let worker = runtime.ensure(req).await?;
+            table.insert_created(&worker);
+            ticket.commit(&worker.id);
+            Ok::<_, ApiError>(worker)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("ensure task failed: {e}")))??;
         let addr = std::net::SocketAddr::new(worker.ip, worker.port);
         self.await_ready(&worker.id, Some(addr), ReadyFor::Ensure)
             .await?;
@@ -268,6 +284,10 @@ impl Core {
     /// Never fails.
     pub fn capabilities(&self) -> v1::Capabilities {
         let c = self.runtime.capabilities();
+        let a = self.admission.settings();
+        let usage = self.admission.usage(&self.table);
+        // Unlimited is reported as 0 (proto3's "unset").
+        let cap = |v: u64| if v == u64::MAX { 0 } else { v };
         let mut warnings = Vec::new();
         if !self.facts.tls_enabled {
             warnings.push(
@@ -294,6 +314,13 @@ impl Core {
             default_pids_limit: c.default_pids_limit,
             tls_enabled: self.facts.tls_enabled,
             warnings,
+            max_workers: cap(a.max_workers),
+            workers_used: usage.workers,
+            memory_budget_bytes: cap(a.memory_budget_bytes),
+            memory_reserved_bytes: usage.memory_bytes,
+            worker_memory_max_bytes: a.memory_max_bytes,
+            max_workers_per_owner: cap(a.max_workers_per_owner),
+            max_concurrent_ensures: a.max_concurrent_ensures as u64,
         }
     }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::admission::AdmissionSettings;
 pub use crate::authz::OwnerMap;
 
 /// TLS for the gRPC port (SPEC §10).
@@ -99,6 +100,8 @@ pub struct ServerSettings {
     pub health_interval: Duration,
     /// How long Ensure/Resume wait for the worker to accept TCP connections; zero = no wait.
     pub ensure_ready_timeout: Duration,
+    /// Capacity admission of Ensures (worker caps, memory budget, concurrency bound).
+    pub admission: AdmissionSettings,
 }
 
 /// What the agent does with its workers on SIGTERM/SIGINT (SPEC §12).

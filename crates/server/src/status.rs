@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Input or output over a bound (maps, sizes, the invoke response limit).
     #[error("{0}")]
     TooLarge(String),
+    /// The node or the owner is at a capacity bound (workers, memory budget).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -52,7 +55,7 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::TooLarge(_) => Code::ResourceExhausted,
+            Self::TooLarge(_) | Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api {
+    pub mod admission;
     pub mod bad_input;
     pub mod events;
     pub mod fuzz;

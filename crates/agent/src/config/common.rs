@@ -87,7 +87,7 @@ fn worker(v: &Vars<'_>) -> Result<WorkerDefaults, ConfigError> {
         memory_bytes: v.u64_in(
             env::AGENT_WORKER_MEMORY_MIB,
             d.memory_bytes / MIB,
-            16,
+            128,
             1 << 20,
         )? * MIB,
         cpu_millis,

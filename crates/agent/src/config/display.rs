@@ -105,6 +105,23 @@ pub fn render(c: &Config) -> String {
             "server.ensure_ready_timeout",
             format_duration(s.ensure_ready_timeout),
         ),
+        ("admission.max_workers", limit(s.admission.max_workers)),
+        (
+            "admission.max_workers_per_owner",
+            limit(s.admission.max_workers_per_owner),
+        ),
+        (
+            "admission.memory_budget_bytes",
+            limit(s.admission.memory_budget_bytes),
+        ),
+        (
+            "admission.worker_memory_max_bytes",
+            s.admission.memory_max_bytes.to_string(),
+        ),
+        (
+            "admission.max_concurrent_ensures",
+            s.admission.max_concurrent_ensures.to_string(),
+        ),
         ("state_dir", c.common.state_dir.display().to_string()),
         ("registry.default", reg.default_registry.clone()),
         ("registry.insecure", reg.insecure.to_string()),
@@ -211,5 +228,13 @@ fn list(items: &[String]) -> String {
         "<any>".to_string()
     } else {
         items.join(",")
+    }
+}
+
+fn limit(v: u64) -> String {
+    if v == u64::MAX {
+        "unlimited".to_string()
+    } else {
+        v.to_string()
     }
 }

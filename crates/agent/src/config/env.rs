@@ -63,6 +63,12 @@ settings! {
     AGENT_WORKER_PIDS_LIMIT = "AGENT_WORKER_PIDS_LIMIT", "worker-pids-limit", false, "Worker pids limit";
     AGENT_WORKER_OOM_SCORE_ADJ = "AGENT_WORKER_OOM_SCORE_ADJ", "worker-oom-score-adj", false, "oom_score_adj of worker processes (0 to 1000)";
     AGENT_WORKER_USER = "AGENT_WORKER_USER", "worker-user", false, "uid:gid that replaces root for images running as root";
+    AGENT_WORKER_MEMORY_MAX_MIB = "AGENT_WORKER_MEMORY_MAX_MIB", "worker-memory-max-mib", false, "Largest AWS_LAMBDA_FUNCTION_MEMORY_SIZE a request may ask for, MiB (at least 128)";
+    // capacity
+    AGENT_MAX_WORKERS = "AGENT_MAX_WORKERS", "max-workers", false, "Workers on this node: auto (host memory / default worker memory), unlimited or a number";
+    AGENT_MAX_WORKERS_PER_OWNER = "AGENT_MAX_WORKERS_PER_OWNER", "max-workers-per-owner", false, "Workers of one owner id: unlimited (default) or a number";
+    AGENT_MEMORY_BUDGET = "AGENT_MEMORY_BUDGET", "memory-budget", false, "Sum of the workers' memory limits: auto (90% of host memory), unlimited, MiB or N%";
+    AGENT_MAX_CONCURRENT_ENSURES = "AGENT_MAX_CONCURRENT_ENSURES", "max-concurrent-ensures", false, "Ensures running in the runtime at once; more wait in line (default 4 per CPU, 8 to 256)";
     AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log bound on disk (live + rotated), bytes";
     // registry
     CONTAINER_REGISTRY = "CONTAINER_REGISTRY", "container-registry", false, "Registry for image references without a host";

@@ -128,6 +128,8 @@ pub fn load(
             Duration::from_millis(100),
         )?,
         ensure_ready_timeout: ready_timeout(v)?,
+        // Filled in from the worker defaults and the host by `admission::load`.
+        admission: Default::default(),
     })
 }
 

@@ -31,6 +31,7 @@ pub fn settings(state_dir: &std::path::Path) -> ServerSettings {
         gc_interval: Duration::from_secs(3600),
         health_interval: Duration::from_millis(50),
         ensure_ready_timeout: Duration::ZERO,
+        admission: Default::default(),
     }
 }
 
