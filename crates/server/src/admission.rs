@@ -140,24 +140,50 @@ impl Admission {
 
     /// Waits for a slot of the concurrency bound (the caller's deadline bounds the wait: a
     /// caller that leaves drops this future), then reserves a worker of `memory` for `owner`
-    /// or answers RESOURCE_EXHAUSTED.
+    /// or answers RESOURCE_EXHAUSTED. A node already full says so before the wait too, so a
+    /// burst against a full node is refused at once instead of queueing for a refusal.
     pub async fn admit(
         self: &Arc<Self>,
         owner: &str,
         memory: u64,
         table: &WorkerTable,
     ) -> Result<Ticket, ApiError> {
+        self.check(&mut *self.ledger()?, table, owner, memory)?;
         let permit = self
             .gate
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?;
-        let entries = table.entries();
-        let mut l = self
-            .ledger
+        let mut l = self.ledger()?;
+        self.check(&mut l, table, owner, memory)?;
+        let token = l.next;
+        l.next += 1;
+        l.pending.insert(token, (owner.to_string(), memory));
+        drop(l);
+        Ok(Ticket {
+            adm: self.clone(),
+            token,
+            memory,
+            _permit: permit,
+        })
+    }
+
+    fn ledger(&self) -> Result<std::sync::MutexGuard<'_, Ledger>, ApiError> {
+        self.ledger
             .lock()
-            .map_err(|_| ApiError::Internal("admission ledger poisoned".into()))?;
+            .map_err(|_| ApiError::Internal("admission ledger poisoned".into()))
+    }
+
+    /// Would one more worker of `memory` for `owner` stay within every bound?
+    fn check(
+        &self,
+        l: &mut Ledger,
+        table: &WorkerTable,
+        owner: &str,
+        memory: u64,
+    ) -> Result<(), ApiError> {
+        let entries = table.entries();
         let live: Vec<_> = entries
             .iter()
             .filter(|e| e.status != WorkerStatus::Stopped)
@@ -194,16 +220,7 @@ impl Admission {
                 s.memory_budget_bytes / MIB
             )));
         }
-        let token = l.next;
-        l.next += 1;
-        l.pending.insert(token, (owner.to_string(), memory));
-        drop(l);
-        Ok(Ticket {
-            adm: self.clone(),
-            token,
-            memory,
-            _permit: permit,
-        })
+        Ok(())
     }
 
     /// Workers and memory held now (live workers plus admitted Ensures).
