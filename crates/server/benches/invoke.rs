@@ -171,6 +171,7 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
         shutdown_policy: ShutdownPolicy::Keep,
         gc_interval: Duration::from_secs(3600),
         health_interval: Duration::from_secs(5),
+        conn: esb_server::ConnSettings::default(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 mod grpc;
 mod health;
 pub mod invoke;
+pub mod listen;
 pub mod metrics;
 mod rpc;
 mod serve;

@@ -2,6 +2,7 @@
 //! `esb_agent_*` metrics and cheap process metrics read from /proc (catalogue: docs/metrics.md).
 
 mod http;
+mod text;
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -17,6 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use self::http::serve as serve_http;
+pub use self::text::{to_prometheus, wants_openmetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcCodeLabels {

@@ -8,16 +8,20 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use x509_parser::extensions::GeneralName;
 
 use crate::error::ServerError;
+use crate::listen::{Accepted, Guarded, Listener, Watch};
 use crate::settings::TlsSettings;
 
 /// A bounded TLS handshake: a silent client must not hold a slot forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An accepted, authenticated connection, still under its first-request deadline.
+pub type Tls = Guarded<TlsStream<TcpStream>>;
 
 /// Accepts TLS connections and enforces the allow-list.
 #[derive(Clone)]
@@ -138,22 +142,15 @@ fn allowed(ids: &[String], allow: &[String]) -> bool {
 }
 
 impl TlsAcceptor {
-    /// Accepts connections into `tx` until the task is aborted.
-    pub async fn accept_loop(
-        self,
-        listener: TcpListener,
-        tx: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
-    ) {
+    /// Accepts connections into `tx` until the task is aborted. The listener enforces the
+    /// connection cap; handshakes beyond the handshake cap are closed at once (H6).
+    pub async fn accept_loop(self, listener: Listener, tx: mpsc::Sender<std::io::Result<Tls>>) {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Accepted { stream, peer, slot } = listener.accept().await;
+            let Some(handshake) = listener.handshake_slot() else {
+                tracing::debug!(%peer, "tls handshake cap reached; closing");
+                continue;
             };
-            let _ = stream.set_nodelay(true);
             let this = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -171,6 +168,7 @@ impl TlsAcceptor {
                             return;
                         }
                     };
+                drop(handshake);
                 if !this.allowed.is_empty() {
                     let ids = tls
                         .get_ref()
@@ -184,7 +182,7 @@ impl TlsAcceptor {
                         return;
                     }
                 }
-                let _ = tx.send(Ok(tls)).await;
+                let _ = tx.send(Ok(slot.guard(tls, Watch::H2Request))).await;
             });
         }
     }

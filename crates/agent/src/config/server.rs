@@ -125,6 +125,7 @@ pub fn load(
             Duration::from_secs(5),
             Duration::from_millis(100),
         )?,
+        conn: esb_server::ConnSettings::default(),
     })
 }
 

@@ -30,6 +30,7 @@ pub fn settings(state_dir: &std::path::Path) -> ServerSettings {
         shutdown_policy: ShutdownPolicy::Keep,
         gc_interval: Duration::from_secs(3600),
         health_interval: Duration::from_millis(50),
+        conn: esb_server::ConnSettings::default(),
     }
 }
 
