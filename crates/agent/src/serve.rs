@@ -32,6 +32,7 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(_) => tracing::warn!("the bearer token travels in plaintext: TLS is disabled"),
         }
     }
+    raise_nofile_limit(cfg.server.conn.max_connections);
     create_state_dir(&cfg.common.state_dir)?;
 
     let runtime = tokio::select! {
@@ -100,4 +101,33 @@ fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
                 dir.display()
             )
         })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (review H6): the default soft 1024 would
+/// let a few hundred connections starve the journal, log files and containerd calls of
+/// descriptors. Warns when the connection cap does not leave room for the agent's own files.
+fn raise_nofile_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "could not raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-files limit");
+            return;
+        }
+    };
+    // Headroom for workers' log files, netns pins, journal, daemon connections.
+    if (max_connections as u64).saturating_add(512) > soft {
+        tracing::warn!(
+            nofile = soft,
+            max_connections,
+            "AGENT_MAX_CONNECTIONS leaves under 512 descriptors for the agent's own files; raise LimitNOFILE or lower the cap"
+        );
+    }
 }

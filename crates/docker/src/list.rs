@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
-use esb_runtime::{Result, WorkerState};
+use esb_runtime::{Result, WorkerState, names};
 
 use crate::Inner;
 use crate::convert::{labels_of, state_from_inspect, state_from_summary};
@@ -50,11 +50,14 @@ pub(crate) async fn inspect(inner: &Inner, id: &str) -> Result<Option<WorkerStat
 }
 
 /// The raw inspect of `id` (id or name) when it exists and carries our managed labels.
+/// Every caller-supplied id reaches the Engine through here first: one that is not an id
+/// (`.`, `..`, `/`, `?`) would become part of the request path (`Url::join` resolves dot
+/// segments), so it is "not found" without a request (M3, defence in depth behind the API).
 pub(crate) async fn inspect_managed(
     inner: &Inner,
     id: &str,
 ) -> Result<Option<ContainerInspectResponse>> {
-    if id.trim().is_empty() {
+    if !names::is_valid_container_id(id) {
         return Ok(None);
     }
     match inner

@@ -106,5 +106,20 @@ fn short_hash(raw: &str) -> String {
     hex::encode(digest)[..HASH_HEX].to_string()
 }
 
+/// Longest container id a caller may send (M3): worker ids and names are far shorter.
+pub const MAX_CONTAINER_ID_LEN: usize = 128;
+
+/// Whether `id` is a plausible container id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`. Everything a
+/// backend creates (containerd ids, Docker ids and names) has this form; anything else (`.`,
+/// `..`, `/`, `?`, `%`) could be read as a path by a daemon API and is refused up front.
+pub fn is_valid_container_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_CONTAINER_ID_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests;

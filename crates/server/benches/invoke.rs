@@ -173,6 +173,7 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
         health_interval: Duration::from_secs(5),
         ensure_ready_timeout: Duration::ZERO,
         admission: Default::default(),
+        conn: esb_server::ConnSettings::default(),
     }
 }
 

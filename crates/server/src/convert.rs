@@ -20,6 +20,9 @@ pub const MAX_IMAGE_BYTES: usize = 4096;
 pub const MAX_ENV_ENTRIES: usize = 1024;
 /// Largest total env size (keys + values), bytes.
 pub const MAX_ENV_BYTES: usize = 256 * 1024;
+/// Largest single env entry as execve sees it (`KEY=VALUE\0`): Linux refuses longer strings
+/// (MAX_ARG_STRLEN, 32 pages) with E2BIG, so the worker would be created but never run (L2).
+pub const MAX_ENV_ENTRY_BYTES: usize = 128 * 1024;
 /// Most headers per invocation.
 pub const MAX_HEADERS: usize = 128;
 /// Largest total header size (names + values), bytes.
@@ -78,9 +81,17 @@ pub fn owner(owner_id: &str) -> Result<String, ApiError> {
     required_id("owner_id", owner_id)
 }
 
-/// Id-based RPCs: container_id first, then owner_id.
+/// Id-based RPCs: container_id first, then owner_id. A container id must look like one
+/// (`[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, M3) before any runtime call: a daemon API could read
+/// `..`, `/` or `?` as part of a path.
 pub fn target(container_id: &str, owner_id: &str) -> Result<Target, ApiError> {
     let container_id = required_id("container_id", container_id)?;
+    if !names::is_valid_container_id(&container_id) {
+        return Err(ApiError::InvalidArgument(format!(
+            "container_id is not a valid id (letters, digits, '_', '.', '-'; starting with a letter or digit; at most {} bytes)",
+            names::MAX_CONTAINER_ID_LEN
+        )));
+    }
     let owner_id = owner(owner_id)?;
     Ok(Target {
         container_id,
@@ -140,6 +151,14 @@ fn env(map: HashMap<String, String>) -> Result<BTreeMap<String, String>, ApiErro
             return Err(ApiError::InvalidArgument(format!(
                 "invalid env name {:?}: must be non-empty, without '=' or control characters",
                 truncate(k)
+            )));
+        }
+        // Sizes only (never values).
+        if k.len() + v.len() + 2 > MAX_ENV_ENTRY_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "env entry {:?} is too large ({} bytes, max {MAX_ENV_ENTRY_BYTES} including the name)",
+                truncate(k),
+                k.len() + v.len() + 2
             )));
         }
         if v.contains('\0') {

@@ -12,6 +12,7 @@ mod events;
 mod grpc;
 mod health;
 pub mod invoke;
+pub mod listen;
 pub mod logtail;
 pub mod metrics;
 mod ready;

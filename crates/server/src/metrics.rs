@@ -3,6 +3,7 @@
 
 mod events;
 mod http;
+mod text;
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 pub use self::events::{EventMetrics, ReadyOutcome};
 pub use self::http::serve as serve_http;
+pub use self::text::{to_prometheus, wants_openmetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcCodeLabels {

@@ -13,13 +13,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admission::Admission;
 use crate::error::ServerError;
 use crate::grpc::Grpc;
 use crate::invoke::Invoker;
+use crate::listen::{ConnLimits, Listener};
 use crate::metrics::Metrics;
 use crate::rpc::RpcLayer;
 use crate::service::{AgentFacts, Core};
@@ -33,9 +33,9 @@ pub struct BoundServer {
     settings: ServerSettings,
     runtime: Arc<dyn Runtime>,
     core: Arc<Core>,
-    grpc: TcpListener,
+    grpc: Listener,
     grpc_addr: SocketAddr,
-    metrics_listener: Option<TcpListener>,
+    metrics_listener: Option<Listener>,
     metrics_addr: Option<SocketAddr>,
     tls: Option<TlsAcceptor>,
 }
@@ -76,6 +76,10 @@ pub async fn bind(
         }
         None => (None, None),
     };
+    // One connection cap for both ports (H6).
+    let limits = ConnLimits::new(&settings.conn);
+    let grpc = Listener::new(grpc, limits.clone(), "gRPC");
+    let metrics_listener = metrics_listener.map(|l| Listener::new(l, limits, "metrics"));
     let metrics = Arc::new(Metrics::new());
     // Before reconcile, so its rollbacks and IPAM figures are already counted.
     runtime.set_observer(metrics.clone());
@@ -125,7 +129,7 @@ impl BoundServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let s = &self.settings;
-        let (reporter, health_svc) = tonic_health::server::health_reporter();
+        let reporter = tonic_health::server::HealthReporter::new();
         // The first status comes from a real probe, never an optimistic SERVING.
         let first = match tokio::time::timeout(Duration::from_secs(2), self.runtime.ping()).await {
             Ok(Ok(())) => ServingStatus::Serving,
@@ -158,13 +162,20 @@ impl BoundServer {
         .max_decoding_message_size(s.max_request_bytes)
         .max_encoding_message_size(s.max_response_bytes);
         let (refl_v1, refl_v1alpha) = reflection(s.reflection);
+        let c = &s.conn;
         let router = Server::builder()
+            .max_concurrent_streams(c.max_concurrent_streams)
+            .http2_keepalive_interval(c.keepalive_interval)
+            .http2_keepalive_timeout(Some(c.keepalive_timeout))
             .layer(RpcLayer::new(
                 self.core.metrics.clone(),
                 s.auth_token.clone(),
             ))
             .layer(crate::invoke::ReportLayer)
-            .add_service(health_svc)
+            .add_service(health::CappedHealth::server(
+                reporter.clone(),
+                c.max_health_watchers,
+            ))
             .add_service(agent)
             .add_optional_service(refl_v1)
             .add_optional_service(refl_v1alpha);
@@ -176,10 +187,9 @@ impl BoundServer {
         let serve: std::pin::Pin<
             Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
         > = match self.tls {
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-                stop,
-            )),
+            None => {
+                Box::pin(router.serve_with_incoming_shutdown(self.grpc.into_h2_incoming(), stop))
+            }
             Some(acceptor) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
                 accept_task = Some(tokio::spawn(acceptor.accept_loop(self.grpc, tx)));

@@ -102,6 +102,42 @@ pub struct ServerSettings {
     pub ensure_ready_timeout: Duration,
     /// Capacity admission of Ensures (worker caps, memory budget, concurrency bound).
     pub admission: AdmissionSettings,
+    /// Connection and stream bounds of the listeners (H6).
+    pub conn: ConnSettings,
+}
+
+/// Bounds that hold before any authentication (security review H6, L6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSettings {
+    /// Open connections, node-wide, over the gRPC and metrics ports together.
+    pub max_connections: usize,
+    /// Concurrent TLS handshakes in progress.
+    pub max_tls_handshakes: usize,
+    /// A connection must start its first request within this time after accept (TLS
+    /// handshake included); a metrics connection is closed after it in any case.
+    pub first_request_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to gRPC clients.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval on gRPC connections (`None`: off).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Concurrent gRPC health `Watch` streams.
+    pub max_health_watchers: usize,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_tls_handshakes: 64,
+            first_request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+            max_health_watchers: 64,
+        }
+    }
 }
 
 /// What the agent does with its workers on SIGTERM/SIGINT (SPEC §12).

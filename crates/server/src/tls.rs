@@ -10,17 +10,20 @@ mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub use self::reload::{Reload, Reloadable};
 pub use self::stream::PeerStream;
 use crate::authz::{OwnerMap, Peer, identities, identity_matches};
 use crate::error::ServerError;
+use crate::listen::{Accepted, Guarded, Listener, Watch};
 use crate::settings::TlsSettings;
 
 /// A bounded TLS handshake: a silent client must not hold a slot forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An accepted, authenticated connection, still under its first-request deadline.
+pub type Tls = Guarded<PeerStream>;
 
 /// Accepts TLS connections and enforces the allow-list.
 #[derive(Clone)]
@@ -75,24 +78,18 @@ impl Drop for AbortOnDrop {
 
 impl TlsAcceptor {
     /// Accepts connections into `tx` until the task is aborted; watches the TLS files meanwhile.
-    pub async fn accept_loop(
-        self,
-        listener: TcpListener,
-        tx: mpsc::Sender<std::io::Result<PeerStream>>,
-    ) {
+    /// The listener enforces the connection cap; handshakes beyond the handshake cap are
+    /// closed at once (H6).
+    pub async fn accept_loop(self, listener: Listener, tx: mpsc::Sender<std::io::Result<Tls>>) {
         let _watch = AbortOnDrop(tokio::spawn(
             self.material.clone().watch(self.reload_interval),
         ));
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Accepted { stream, peer, slot } = listener.accept().await;
+            let Some(handshake) = listener.handshake_slot() else {
+                tracing::debug!(%peer, "tls handshake cap reached; closing");
+                continue;
             };
-            let _ = stream.set_nodelay(true);
             let this = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -110,6 +107,7 @@ impl TlsAcceptor {
                             return;
                         }
                     };
+                drop(handshake);
                 let ids = tls
                     .get_ref()
                     .1
@@ -122,11 +120,13 @@ impl TlsAcceptor {
                     return;
                 }
                 let scope = this.owners.scope(&ids);
-                let peer = Peer {
+                let who = Peer {
                     identities: ids,
                     scope,
                 };
-                let _ = tx.send(Ok(PeerStream::new(tls, peer))).await;
+                let _ = tx
+                    .send(Ok(slot.guard(PeerStream::new(tls, who), Watch::H2Request)))
+                    .await;
             });
         }
     }

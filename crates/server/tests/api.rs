@@ -8,6 +8,7 @@ mod api {
     pub mod fuzz;
     pub mod harness;
     pub mod invoke;
+    pub mod listen;
     pub mod liveness;
     pub mod logtail;
     pub mod observability;

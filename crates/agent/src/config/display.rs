@@ -105,6 +105,24 @@ pub fn render(c: &Config) -> String {
             "server.ensure_ready_timeout",
             format_duration(s.ensure_ready_timeout),
         ),
+        (
+            "server.conn.max_connections",
+            s.conn.max_connections.to_string(),
+        ),
+        (
+            "server.conn.first_request_timeout",
+            format_duration(s.conn.first_request_timeout),
+        ),
+        (
+            "server.conn.max_concurrent_streams",
+            s.conn.max_concurrent_streams.to_string(),
+        ),
+        (
+            "server.conn.keepalive_interval",
+            s.conn
+                .keepalive_interval
+                .map_or("off".to_string(), format_duration),
+        ),
         ("admission.max_workers", limit(s.admission.max_workers)),
         (
             "admission.max_workers_per_owner",

@@ -55,6 +55,10 @@ settings! {
     AGENT_GC_INTERVAL = "AGENT_GC_INTERVAL", "gc-interval", false, "Period of the background GC pass";
     AGENT_HEALTH_INTERVAL = "AGENT_HEALTH_INTERVAL", "health-interval", false, "Period of the runtime liveness probe";
     AGENT_ENSURE_READY_TIMEOUT = "AGENT_ENSURE_READY_TIMEOUT", "ensure-ready-timeout", false, "How long Ensure/Resume wait for the worker to accept TCP connections (0 = no wait)";
+    AGENT_MAX_CONNECTIONS = "AGENT_MAX_CONNECTIONS", "max-connections", false, "Open connections to the gRPC and metrics ports together; more are closed at accept";
+    AGENT_CONN_FIRST_REQUEST_TIMEOUT = "AGENT_CONN_FIRST_REQUEST_TIMEOUT", "conn-first-request-timeout", false, "A connection that has not started a request by then (TLS handshake included) is closed";
+    AGENT_GRPC_MAX_CONCURRENT_STREAMS = "AGENT_GRPC_MAX_CONCURRENT_STREAMS", "grpc-max-concurrent-streams", false, "Concurrent RPCs per gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)";
+    AGENT_GRPC_KEEPALIVE_INTERVAL = "AGENT_GRPC_KEEPALIVE_INTERVAL", "grpc-keepalive-interval", false, "HTTP/2 PING interval on gRPC connections; a PING unanswered for 10 s closes it (off = none)";
     AGENT_STATE_DIR = "AGENT_STATE_DIR", "state-dir", false, "Durable agent state directory";
     // workers
     AGENT_WORKER_MEMORY_MIB = "AGENT_WORKER_MEMORY_MIB", "worker-memory-mib", false, "Default worker memory limit, MiB";

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use esb_server::{
-    InvokeSettings, MutualTls, OwnerMap, ServerSettings, ShutdownPolicy, TlsSettings,
+    ConnSettings, InvokeSettings, MutualTls, OwnerMap, ServerSettings, ShutdownPolicy, TlsSettings,
 };
 
 use super::common::require_file;
@@ -130,6 +130,42 @@ pub fn load(
         ensure_ready_timeout: ready_timeout(v)?,
         // Filled in from the worker defaults and the host by `admission::load`.
         admission: Default::default(),
+        conn: conn(v)?,
+    })
+}
+
+/// Listener bounds that hold before authentication (review H6).
+fn conn(v: &Vars<'_>) -> Result<ConnSettings, ConfigError> {
+    let d = ConnSettings::default();
+    let keepalive = match v.raw(env::AGENT_GRPC_KEEPALIVE_INTERVAL)? {
+        Some(s) if s.eq_ignore_ascii_case("off") => None,
+        Some(_) => Some(v.duration(
+            env::AGENT_GRPC_KEEPALIVE_INTERVAL,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )?),
+        None => d.keepalive_interval,
+    };
+    Ok(ConnSettings {
+        max_connections: v.u64_in(
+            env::AGENT_MAX_CONNECTIONS,
+            d.max_connections as u64,
+            8,
+            1_000_000,
+        )? as usize,
+        first_request_timeout: v.duration(
+            env::AGENT_CONN_FIRST_REQUEST_TIMEOUT,
+            d.first_request_timeout,
+            Duration::from_millis(100),
+        )?,
+        max_concurrent_streams: v.u64_in(
+            env::AGENT_GRPC_MAX_CONCURRENT_STREAMS,
+            d.max_concurrent_streams.into(),
+            1,
+            65_536,
+        )? as u32,
+        keepalive_interval: keepalive,
+        ..d
     })
 }
 

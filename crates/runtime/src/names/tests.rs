@@ -155,3 +155,28 @@ fn property_distinct_inputs_stay_distinct_apart_from_random() {
     let unique: HashSet<_> = (0..2000).map(|_| worker_name(&id, "same")).collect();
     assert_eq!(unique.len(), 2000);
 }
+
+#[test]
+fn container_ids() {
+    for ok in ["a", "0", "esb-dev-fn-0a1b2c3d", "A_b.c-d", &"f".repeat(128)] {
+        assert!(is_valid_container_id(ok), "{ok}");
+    }
+    let long = "f".repeat(129);
+    for bad in [
+        "",
+        ".",
+        "..",
+        "x/../../version?",
+        "-a",
+        "_a",
+        ".a",
+        "a b",
+        "a/b",
+        "a?b",
+        "a%2e",
+        "é",
+        long.as_str(),
+    ] {
+        assert!(!is_valid_container_id(bad), "{bad}");
+    }
+}

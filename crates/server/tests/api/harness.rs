@@ -32,6 +32,7 @@ pub fn settings(state_dir: &std::path::Path) -> ServerSettings {
         health_interval: Duration::from_millis(50),
         ensure_ready_timeout: Duration::ZERO,
         admission: Default::default(),
+        conn: esb_server::ConnSettings::default(),
     }
 }
 
