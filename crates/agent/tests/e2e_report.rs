@@ -117,9 +117,9 @@ async fn peak_memory_exit_and_oom_in_the_report() {
     );
 
     // A worker OOM-killed during the call.
-    let oom = ensure(&mut c, &world.image, "report-oom", 64).await;
+    let oom = ensure(&mut c, &world.image, "report-oom", 128).await;
     invoke(&mut c, &oom, "{}").await.unwrap();
-    let s = invoke(&mut c, &oom, r#"{"alloc_mib": 256}"#)
+    let s = invoke(&mut c, &oom, r#"{"alloc_mib": 512}"#)
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");

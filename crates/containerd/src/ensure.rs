@@ -36,8 +36,9 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
         return Err(RuntimeError::invalid_argument("image is required"));
     }
     validate_env(&req.env)?;
-    // A bad reference must fail before the network is attached (review L1).
-    crate::image::normalize(&req.image, &inner.common.registry.default_registry)?;
+    // A bad reference, or one to a registry that is not allowed, must fail before the network
+    // is attached (review L1, M1).
+    inner.common.registry.resolve(&req.image)?;
     let id = worker_name(&inner.common.identity, &req.function_name);
     let (tx, rx) = oneshot::channel();
     let task_inner = inner.clone();

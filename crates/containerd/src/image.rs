@@ -90,7 +90,7 @@ impl ImageStore {
         lease: &str,
         outcome: &mut PullOutcome,
     ) -> Result<ImageInfo, RuntimeError> {
-        let reference = normalize(raw, &self.registry.default_registry)?;
+        let reference = normalize(raw, &self.registry)?;
         let name = reference.whole();
         if self.registry.pull_policy == PullPolicy::IfNotPresent
             && let Some(target) = self.local(&name).await?
@@ -179,7 +179,17 @@ impl ImageStore {
         lease: &str,
         local: Option<&Descriptor>,
     ) -> Result<Descriptor, RuntimeError> {
-        pull::pull(self, reference, lease, local).await
+        // The whole pull is bounded (review M1): a registry that trickles bytes cannot hold
+        // an Ensure, its admission place and a lease forever.
+        let limit = self.registry.pull_timeout;
+        match tokio::time::timeout(limit, pull::pull(self, reference, lease, local)).await {
+            Ok(r) => r,
+            Err(_) => Err(RuntimeError::deadline_exceeded(format!(
+                "pull of {} did not finish within IMAGE_PULL_TIMEOUT ({} s)",
+                reference.whole(),
+                limit.as_secs()
+            ))),
+        }
     }
 
     /// Reads manifest and config of a local image and makes sure its layers are unpacked.
@@ -227,37 +237,36 @@ impl ImageStore {
     }
 }
 
-/// Adds the default registry to a reference without a registry host and parses it.
-pub(crate) fn normalize(raw: &str, default_registry: &str) -> Result<Reference, RuntimeError> {
-    let raw = raw.trim();
-    let first = raw.split('/').next().unwrap_or_default();
-    let has_host =
-        raw.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let default_registry = default_registry.trim().trim_end_matches('/');
-    let full = if has_host || default_registry.is_empty() {
-        raw.to_string()
-    } else {
-        format!("{default_registry}/{raw}")
-    };
-    reference::parse(&full).map_err(|e| {
-        RuntimeError::invalid_argument(format!("invalid image reference {raw:?}")).with_source(e)
-    })
+/// The request's reference, normalised and allowed (one grammar for both backends).
+pub(crate) fn normalize(raw: &str, registry: &RegistrySettings) -> Result<Reference, RuntimeError> {
+    registry.resolve(raw).map(|r| reference::to_oci(&r))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use esb_runtime::image_ref::AllowedRegistries;
 
     #[test]
-    fn normalizes_references() {
-        let r = normalize("esb/worker:1", "127.0.0.1:5000").expect("ref");
+    fn normalizes_and_checks_the_allow_list() {
+        let mut reg = RegistrySettings {
+            default_registry: "127.0.0.1:5000".into(),
+            insecure: true,
+            ca_path: None,
+            ca_only: false,
+            pull_policy: PullPolicy::IfNotPresent,
+            allowed: RegistrySettings::only_default("127.0.0.1:5000"),
+            pull_timeout: esb_runtime::settings::DEFAULT_PULL_TIMEOUT,
+            max_image_bytes: esb_runtime::settings::DEFAULT_MAX_IMAGE_BYTES,
+        };
+        let r = normalize("esb/worker:1", &reg).expect("ref");
         assert_eq!(r.whole(), "127.0.0.1:5000/esb/worker:1");
-        let r = normalize("worker", "registry.local:5000/").expect("ref");
-        assert_eq!(r.whole(), "registry.local:5000/worker:latest");
-        let r = normalize("127.0.0.1:35000/esb/w:latest", "other:1").expect("ref");
-        assert_eq!(r.whole(), "127.0.0.1:35000/esb/w:latest");
-        let r = normalize("localhost/w", "other:1").expect("ref");
-        assert_eq!(r.registry(), "localhost");
-        assert!(normalize("UPPER/Case::", "r:1").is_err());
+        assert!(normalize("10.0.0.5:22/x", &reg).is_err());
+        reg.allowed = AllowedRegistries::Any;
+        assert_eq!(
+            normalize("localhost/w", &reg).expect("ref").registry(),
+            "localhost"
+        );
+        assert!(normalize("UPPER/Case::", &reg).is_err());
     }
 }

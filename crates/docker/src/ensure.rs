@@ -26,7 +26,7 @@ use crate::Inner;
 use crate::convert::{inspect_status, ip_on, unix_seconds};
 use crate::destroy::remove_detached;
 use crate::error::{Subject, map, map_adjusted};
-use crate::image::{ImageRef, ensure_image, parse_ref};
+use crate::image::{ImageRef, ensure_image};
 
 /// Pauses between IP look-ups after the first (SPEC §9: 100 ms … 1.6 s, 5 tries).
 const IP_BACKOFF_MS: [u64; 5] = [100, 200, 400, 800, 1600];
@@ -37,14 +37,14 @@ const LOG_FILES: u64 = 2;
 
 pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker> {
     validate_env(&req.env)?;
-    let image = parse_ref(&req.image, &inner.common.registry.default_registry)?;
+    let image = ImageRef::resolve(&req.image, &inner.common.registry)?;
     let policy = inner.common.registry.pull_policy;
     if policy == PullPolicy::Always {
         ensure_image(
             &inner.docker,
             &inner.pulls,
             &image,
-            policy,
+            &inner.common.registry,
             inner.observer.get(),
         )
         .await?;
@@ -167,7 +167,14 @@ async fn build(
         .await;
     let created = match first {
         Err(e) if is_no_such_image(&e) => {
-            ensure_image(&inner.docker, &inner.pulls, image, policy, obs).await?;
+            ensure_image(
+                &inner.docker,
+                &inner.pulls,
+                image,
+                &inner.common.registry,
+                obs,
+            )
+            .await?;
             t = Instant::now();
             inner.docker.create_container(Some(opts), body).await
         }

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::CreateImageOptions;
-use esb_runtime::settings::PullPolicy;
+use esb_runtime::settings::{PullPolicy, RegistrySettings};
 use esb_runtime::{Observer, Phase, PullOutcome, Result, RuntimeError};
 use futures::StreamExt;
 
@@ -25,75 +25,21 @@ pub(crate) struct ImageRef {
     pub full: String,
 }
 
-/// Parses `raw`, adding `default_registry` when the reference has no registry host
-/// (the first path component is a host when it has a `.` or `:` or is `localhost`), and
-/// `latest` when it has neither tag nor digest.
-pub(crate) fn parse_ref(raw: &str, default_registry: &str) -> Result<ImageRef> {
-    let raw = raw.trim();
-    let bad = |why: &str| RuntimeError::invalid_argument(format!("invalid image reference: {why}"));
-    if raw.is_empty() {
-        return Err(bad("empty"));
-    }
-    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("contains whitespace or control characters"));
-    }
-    let (name, digest) = match raw.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (raw, None),
-    };
-    let (repo, tag) = match name.rfind(':') {
-        Some(i) if !name[i..].contains('/') => (&name[..i], Some(&name[i + 1..])),
-        _ => (name, None),
-    };
-    if repo.is_empty() || repo.starts_with('/') || repo.ends_with('/') || repo.contains("//") {
-        return Err(bad("malformed repository"));
-    }
-    let has_host = repo.split_once('/').is_some_and(|(first, _)| {
-        first.contains('.') || first.contains(':') || first == "localhost"
-    });
-    let path = if has_host {
-        repo.split_once('/').map_or("", |(_, p)| p)
-    } else {
-        repo
-    };
-    let path_ok = path
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-    if !path_ok {
-        return Err(bad("repository must be lowercase [a-z0-9._-/]"));
-    }
-    if let Some(t) = tag
-        && (t.is_empty()
-            || t.len() > 128
-            || !t
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
-    {
-        return Err(bad("malformed tag"));
-    }
-    if let Some(d) = digest
-        && !d.split_once(':').is_some_and(|(alg, hex)| {
-            !alg.is_empty() && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())
+impl ImageRef {
+    /// The request's reference through the shared grammar and the registry allow-list
+    /// (`esb_runtime::image_ref`; review M1, issue 11 §1).
+    pub(crate) fn resolve(raw: &str, registry: &RegistrySettings) -> Result<Self> {
+        let r = registry.resolve(raw)?;
+        Ok(Self {
+            repo: r.repo(),
+            tag: r
+                .digest
+                .clone()
+                .or_else(|| r.tag.clone())
+                .unwrap_or_else(|| "latest".to_string()),
+            full: r.whole(),
         })
-    {
-        return Err(bad("malformed digest"));
     }
-    let registry = default_registry
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let repo = if has_host || registry.is_empty() {
-        repo.to_string()
-    } else {
-        format!("{registry}/{repo}")
-    };
-    let (tag, full) = match (digest, tag) {
-        (Some(d), _) => (d.to_string(), format!("{repo}@{d}")),
-        (None, Some(t)) => (t.to_string(), format!("{repo}:{t}")),
-        (None, None) => ("latest".to_string(), format!("{repo}:latest")),
-    };
-    Ok(ImageRef { repo, tag, full })
 }
 
 /// Serialises pulls per reference; remembers when the last successful pull finished so a
@@ -116,11 +62,18 @@ pub(crate) async fn ensure_image(
     docker: &Docker,
     locks: &PullLocks,
     image: &ImageRef,
-    policy: PullPolicy,
+    registry: &RegistrySettings,
     obs: &dyn Observer,
 ) -> Result<()> {
     let started = Instant::now();
-    let res = resolve(docker, locks, image, policy).await;
+    let res = resolve(
+        docker,
+        locks,
+        image,
+        registry.pull_policy,
+        registry.pull_timeout,
+    )
+    .await;
     obs.phase(Phase::Pull, started.elapsed());
     obs.pull(match &res {
         Ok(outcome) => *outcome,
@@ -134,6 +87,7 @@ async fn resolve(
     locks: &PullLocks,
     image: &ImageRef,
     policy: PullPolicy,
+    pull_timeout: Duration,
 ) -> Result<PullOutcome> {
     let asked = Instant::now();
     let entry = locks.entry(&image.full);
@@ -150,7 +104,7 @@ async fn resolve(
         },
         PullPolicy::Always => {}
     }
-    match pull(docker, image).await {
+    match pull(docker, image, pull_timeout).await {
         Ok(()) => {
             *last_pull = Some(Instant::now());
             Ok(PullOutcome::Pulled)
@@ -166,7 +120,20 @@ async fn resolve(
     }
 }
 
-async fn pull(docker: &Docker, image: &ImageRef) -> Result<()> {
+/// The whole pull within `limit` (review M1: a registry that trickles bytes cannot hold an
+/// Ensure forever); dropping the stream closes the Engine request.
+async fn pull(docker: &Docker, image: &ImageRef, limit: Duration) -> Result<()> {
+    match tokio::time::timeout(limit, pull_stream(docker, image)).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::deadline_exceeded(format!(
+            "pull of {} did not finish within IMAGE_PULL_TIMEOUT ({} s)",
+            image.full,
+            limit.as_secs()
+        ))),
+    }
+}
+
+async fn pull_stream(docker: &Docker, image: &ImageRef) -> Result<()> {
     let started = Instant::now();
     let opts = CreateImageOptions {
         from_image: Some(image.repo.clone()),
@@ -186,62 +153,42 @@ async fn pull(docker: &Docker, image: &ImageRef) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use esb_runtime::image_ref::AllowedRegistries;
 
-    fn full(raw: &str, reg: &str) -> String {
-        match parse_ref(raw, reg) {
-            Ok(r) => r.full,
-            Err(e) => format!("ERR {}", e.message()),
+    fn settings(default_registry: &str, allowed: AllowedRegistries) -> RegistrySettings {
+        RegistrySettings {
+            default_registry: default_registry.into(),
+            insecure: true,
+            ca_path: None,
+            ca_only: false,
+            pull_policy: PullPolicy::IfNotPresent,
+            allowed,
+            pull_timeout: esb_runtime::settings::DEFAULT_PULL_TIMEOUT,
+            max_image_bytes: esb_runtime::settings::DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 
     #[test]
-    fn adds_default_registry_only_without_host() {
+    fn create_fields_come_from_the_shared_grammar() {
+        let any = settings("registry:5010", AllowedRegistries::Any);
+        let r = ImageRef::resolve("esb/fn", &any).expect("ref");
         assert_eq!(
-            full("esb/fn", "registry:5010"),
-            "registry:5010/esb/fn:latest"
+            (r.repo.as_str(), r.tag.as_str(), r.full.as_str()),
+            (
+                "registry:5010/esb/fn",
+                "latest",
+                "registry:5010/esb/fn:latest"
+            )
         );
-        assert_eq!(full("fn:v1", "reg.local"), "reg.local/fn:v1");
-        assert_eq!(
-            full("127.0.0.1:35000/esb/w:latest", "reg.local"),
-            "127.0.0.1:35000/esb/w:latest"
+        let d = format!("sha256:{}", "0".repeat(64));
+        let r = ImageRef::resolve(&format!("reg.io/a@{d}"), &any).expect("ref");
+        assert_eq!((r.repo.as_str(), r.tag.as_str()), ("reg.io/a", d.as_str()));
+        let only = settings(
+            "registry:5010",
+            RegistrySettings::only_default("registry:5010"),
         );
-        assert_eq!(full("localhost/x", "reg.local"), "localhost/x:latest");
-        assert_eq!(
-            full("ghcr.io/a/b", "http://reg.local/"),
-            "ghcr.io/a/b:latest"
-        );
-        assert_eq!(full("a/b", ""), "a/b:latest");
-        assert_eq!(full("reg:5000/a", "x"), "reg:5000/a:latest");
-    }
-
-    #[test]
-    fn keeps_tag_and_digest() {
-        let d = "sha256:0123456789abcdef";
-        let r = parse_ref(&format!("reg.io/a@{d}"), "").ok();
-        assert_eq!(r.as_ref().map(|r| r.tag.as_str()), Some(d));
-        assert_eq!(r.map(|r| r.repo), Some("reg.io/a".to_string()));
-        let r = parse_ref("reg.io:5000/a/b:1.2", "").ok();
-        assert_eq!(
-            r.as_ref().map(|r| (r.repo.as_str(), r.tag.as_str())),
-            Some(("reg.io:5000/a/b", "1.2"))
-        );
-    }
-
-    #[test]
-    fn rejects_bad_references() {
-        for bad in [
-            "",
-            " ",
-            "a b",
-            "UPPER/case",
-            "a//b",
-            "a:",
-            "a@sha256:",
-            "a:t@x",
-            "/a",
-            "a/",
-        ] {
-            assert!(full(bad, "").starts_with("ERR"), "{bad:?} accepted");
-        }
+        assert!(ImageRef::resolve("fn:1", &only).is_ok());
+        let e = ImageRef::resolve("10.0.0.5:22/x", &only).expect_err("not allowed");
+        assert!(e.message().contains("CONTAINER_REGISTRY_ALLOWED"), "{e:?}");
     }
 }

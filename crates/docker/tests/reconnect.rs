@@ -57,6 +57,10 @@ fn settings(sock: &Path) -> (CommonSettings, DockerSettings) {
             ca_path: None,
             ca_only: false,
             pull_policy: PullPolicy::IfNotPresent,
+            // Backend tests also pull from the TLS registry; the allow-list has its own tests.
+            allowed: esb_runtime::image_ref::AllowedRegistries::Any,
+            pull_timeout: esb_runtime::settings::DEFAULT_PULL_TIMEOUT,
+            max_image_bytes: esb_runtime::settings::DEFAULT_MAX_IMAGE_BYTES,
         },
         worker: WorkerDefaults::default(),
         state_dir: std::env::temp_dir(),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod image_ref;
 pub mod names;
 pub mod observe;
 pub mod report;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::image_ref::{AllowedRegistries, ImageRef};
 use crate::types::MEMORY_SIZE_ENV;
 
 /// Lambda gives one full vCPU at 1769 MiB; CPU scales linearly with memory below that.
@@ -93,6 +94,34 @@ pub struct RegistrySettings {
     /// Trust only `ca_path`, not the system roots.
     pub ca_only: bool,
     pub pull_policy: PullPolicy,
+    /// Registries references may name (`CONTAINER_REGISTRY_ALLOWED`; review M1).
+    pub allowed: AllowedRegistries,
+    /// Bound of one whole pull, manifest to last layer (`IMAGE_PULL_TIMEOUT`).
+    pub pull_timeout: std::time::Duration,
+    /// Bound of one image's compressed size, config and layers (`IMAGE_MAX_BYTES`).
+    pub max_image_bytes: u64,
+}
+
+/// Default [`RegistrySettings::pull_timeout`].
+pub const DEFAULT_PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Default [`RegistrySettings::max_image_bytes`]: 10 GiB, Lambda's container image limit.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 10 << 30;
+
+impl RegistrySettings {
+    /// The reference a request names, normalised (default registry) and checked against the
+    /// allow-list: the one entry point of both backends, before any connection.
+    pub fn resolve(&self, raw: &str) -> crate::Result<ImageRef> {
+        let r = ImageRef::normalize(raw, &self.default_registry)?;
+        self.allowed.check(&r)?;
+        Ok(r)
+    }
+
+    /// Only the default registry's host may be named (the agent's default policy).
+    pub fn only_default(default_registry: &str) -> AllowedRegistries {
+        AllowedRegistries::Only(vec![
+            default_registry.trim().trim_end_matches('/').to_string(),
+        ])
+    }
 }
 
 /// Default [`CniSettings::plugin_timeout`].

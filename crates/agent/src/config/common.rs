@@ -2,11 +2,13 @@
 //! connection settings (containerd, Docker).
 
 use std::path::Path;
+use std::time::Duration;
 
 use esb_runtime::identity::Identity;
+use esb_runtime::image_ref::AllowedRegistries;
 use esb_runtime::settings::{
-    CommonSettings, ContainerdSettings, DockerSettings, PullPolicy, RegistrySettings,
-    WorkerDefaults,
+    CommonSettings, ContainerdSettings, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PULL_TIMEOUT,
+    DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
 };
 
 use super::env;
@@ -44,7 +46,34 @@ fn registry(v: &Vars<'_>) -> Result<RegistrySettings, ConfigError> {
             "is on but CONTAINER_REGISTRY_CA_PATH is unset; set the CA or turn it off",
         ));
     }
+    let allowed = match v.raw(env::CONTAINER_REGISTRY_ALLOWED)? {
+        None => RegistrySettings::only_default(&default_registry),
+        Some(s) if s.trim() == "*" => AllowedRegistries::Any,
+        Some(s) => {
+            let hosts: Vec<String> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect();
+            if hosts.is_empty() || !hosts.iter().all(|h| valid_registry_host(h)) {
+                return Err(v.bad(
+                    env::CONTAINER_REGISTRY_ALLOWED,
+                    &s,
+                    "* or comma-separated registry hosts with optional ports, e.g. registry:5010,ghcr.io",
+                ));
+            }
+            AllowedRegistries::Only(hosts)
+        }
+    };
     Ok(RegistrySettings {
+        allowed,
+        pull_timeout: v.duration(
+            env::IMAGE_PULL_TIMEOUT,
+            DEFAULT_PULL_TIMEOUT,
+            Duration::from_secs(1),
+        )?,
+        max_image_bytes: v.u64_in(env::IMAGE_MAX_BYTES, DEFAULT_MAX_IMAGE_BYTES, MIB, 1 << 44)?,
         default_registry,
         insecure: v.bool(env::CONTAINER_REGISTRY_INSECURE, false)?,
         ca_path,

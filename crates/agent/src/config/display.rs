@@ -158,6 +158,15 @@ pub fn render(c: &Config) -> String {
             }
             .to_string(),
         ),
+        (
+            "registry.allowed",
+            match &reg.allowed {
+                esb_runtime::image_ref::AllowedRegistries::Any => "*".to_string(),
+                esb_runtime::image_ref::AllowedRegistries::Only(h) => h.join(","),
+            },
+        ),
+        ("registry.pull_timeout", format_duration(reg.pull_timeout)),
+        ("registry.max_image_bytes", reg.max_image_bytes.to_string()),
         ("worker.memory_bytes", w.memory_bytes.to_string()),
         (
             "worker.cpu_millis",

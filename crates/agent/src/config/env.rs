@@ -79,6 +79,9 @@ settings! {
     CONTAINER_REGISTRY_INSECURE = "CONTAINER_REGISTRY_INSECURE", "container-registry-insecure", false, "1/true/yes/on: plain HTTP to registries";
     CONTAINER_REGISTRY_CA_PATH = "CONTAINER_REGISTRY_CA_PATH", "container-registry-ca-path", false, "Extra CA (PEM) trusted for registry HTTPS";
     CONTAINER_REGISTRY_CA_ONLY = "CONTAINER_REGISTRY_CA_ONLY", "container-registry-ca-only", false, "Trust only CONTAINER_REGISTRY_CA_PATH, not system roots";
+    CONTAINER_REGISTRY_ALLOWED = "CONTAINER_REGISTRY_ALLOWED", "container-registry-allowed", false, "Registries image references may name: comma-separated hosts, or * for any (default: CONTAINER_REGISTRY only)";
+    IMAGE_PULL_TIMEOUT = "IMAGE_PULL_TIMEOUT", "image-pull-timeout", false, "Bound of one whole image pull";
+    IMAGE_MAX_BYTES = "IMAGE_MAX_BYTES", "image-max-bytes", false, "Largest image (config + compressed layers) the containerd backend pulls, bytes";
     IMAGE_PULL_POLICY = "IMAGE_PULL_POLICY", "image-pull-policy", false, "if-not-present or always";
     // containerd
     CONTAINERD_SOCKET = "CONTAINERD_SOCKET", "containerd-socket", false, "containerd socket";

@@ -94,17 +94,20 @@ pub(super) async fn pull(
         return Ok(local.cloned().unwrap_or_default());
     }
     let client = &store.client;
+    check_sizes(&name, &manifest, store.registry.max_image_bytes)?;
 
-    let mut config_bytes = Vec::new();
-    store
+    let mut config_bytes = Capped::new(Vec::new(), manifest.config.size as u64);
+    let pulled = store
         .oci
         .pull_blob(
             reference,
             manifest.config.digest.as_str(),
             &mut config_bytes,
         )
-        .await
-        .map_err(|e| registry_err(&name, e))?;
+        .await;
+    config_bytes.check(&name, "config")?;
+    pulled.map_err(|e| registry_err(&name, e))?;
+    let config_bytes = config_bytes.inner;
     verify(&config_bytes, &manifest.config.digest)?;
     let config = oci::parse_config(&config_bytes)?;
     if config.diff_ids.len() != manifest.layers.len() {
@@ -133,8 +136,10 @@ pub(super) async fn pull(
             layer.digest.replace(':', "-"),
             crate::lease::random_hex(4)
         ));
+        // Removed however the pull ends, a timeout (future dropped) included.
+        let _scratch = Scratch(path.clone());
         let result = async {
-            download(store, reference, &layer.digest, &path).await?;
+            download(store, reference, &layer.digest, layer.size as u64, &path).await?;
             content::ensure(
                 client,
                 lease,
@@ -146,7 +151,6 @@ pub(super) async fn pull(
             .await
         }
         .await;
-        let _ = tokio::fs::remove_file(&path).await;
         result?;
     }
 
@@ -233,24 +237,126 @@ async fn put_record(
     }
 }
 
-/// Streams one blob to `path`, verifying its digest.
+/// A scratch download, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Largest image config or manifest the agent reads into memory (review M1).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Refuses an image whose declared sizes are out of bounds before any blob is fetched.
+fn check_sizes(name: &str, m: &oci::Manifest, max_image_bytes: u64) -> Result<(), RuntimeError> {
+    if m.config.size < 0 || m.config.size as u64 > MAX_CONFIG_BYTES {
+        return Err(RuntimeError::resource_exhausted(format!(
+            "{name}: image config of {} bytes is over the {MAX_CONFIG_BYTES}-byte limit",
+            m.config.size
+        )));
+    }
+    let mut total = m.config.size as u64;
+    for l in &m.layers {
+        if l.size < 0 {
+            return Err(RuntimeError::invalid_argument(format!(
+                "{name}: layer {} has a negative size",
+                l.digest
+            )));
+        }
+        total = total.saturating_add(l.size as u64);
+    }
+    if total > max_image_bytes {
+        return Err(RuntimeError::resource_exhausted(format!(
+            "{name}: image of {total} bytes is over IMAGE_MAX_BYTES ({max_image_bytes})"
+        )));
+    }
+    Ok(())
+}
+
+/// A writer that takes at most the blob's declared size: a registry sending more (an endless
+/// or oversized blob) fails the pull instead of filling memory or the disk (review M1).
+struct Capped<W> {
+    inner: W,
+    left: u64,
+    over: bool,
+}
+
+impl<W> Capped<W> {
+    fn new(inner: W, declared: u64) -> Self {
+        Self {
+            inner,
+            left: declared,
+            over: false,
+        }
+    }
+
+    /// The error to report when the blob outgrew its declared size.
+    fn check(&self, name: &str, what: &str) -> Result<(), RuntimeError> {
+        if self.over {
+            return Err(RuntimeError::resource_exhausted(format!(
+                "{name}: the registry sent a {what} blob larger than its declared size"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if buf.len() as u64 > this.left {
+            this.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "blob larger than its declared size",
+            )));
+        }
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            this.left -= *n as u64;
+        }
+        poll
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Streams one blob to `path` (at most its declared `size`), verifying its digest.
 async fn download(
     store: &ImageStore,
     reference: &Reference,
     digest: &str,
+    size: u64,
     path: &std::path::Path,
 ) -> Result<(), RuntimeError> {
     let io = |e: std::io::Error| RuntimeError::internal("writing layer download").with_source(e);
     let file = tokio::fs::File::create(path).await.map_err(io)?;
-    let mut hashing = HashingWriter {
-        inner: file,
-        hasher: Sha256::new(),
-    };
-    store
-        .oci
-        .pull_blob(reference, digest, &mut hashing)
-        .await
-        .map_err(|e| registry_err(&reference.whole(), e))?;
+    let mut hashing = Capped::new(
+        HashingWriter {
+            inner: file,
+            hasher: Sha256::new(),
+        },
+        size,
+    );
+    let pulled = store.oci.pull_blob(reference, digest, &mut hashing).await;
+    hashing.check(&reference.whole(), "layer")?;
+    pulled.map_err(|e| registry_err(&reference.whole(), e))?;
+    let mut hashing = hashing.inner;
     hashing.inner.flush().await.map_err(io)?;
     let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
     if got != digest {
