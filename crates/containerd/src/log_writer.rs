@@ -3,7 +3,7 @@
 //! on fd 5. It appends both streams to `<id>.log`, bounded at write time (finding H2): when
 //! the live file would pass half the bound it becomes `<id>.log.1` (one generation, the older
 //! one is dropped) so the pair never exceeds the bound. `<id>.log.pos` records where the live
-//! file starts in the worker's total output, which makes [`crate::logs`] cursors monotonic.
+//! file starts in the worker's total output, which makes `crate::logs` cursors monotonic.
 //!
 //! It lives in the `esb-agent` binary (no extra executable) and uses only `std` + `nix::poll`
 //! on the main thread: one 32 KiB buffer, no async runtime (it runs once per worker).

@@ -3,7 +3,7 @@
 //! stdout/stderr during the call. A cursor is taken before the call and the log read after it;
 //! output reaches the log slightly after the HTTP answer (pipe → log writer → file, or
 //! dockerd; usually < 1 ms, several ms on a loaded node), so the read is repeated until it has
-//! not changed for [`QUIET`] ([`QUIET_EMPTY`] while still empty), at most [`SETTLE_MAX`].
+//! not changed for `QUIET` (`QUIET_EMPTY` while still empty), at most `SETTLE_MAX`.
 //! Best effort: a backend without logs or a failed read means no header, never a failed
 //! invocation.
 
