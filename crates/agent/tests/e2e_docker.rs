@@ -257,6 +257,7 @@ async fn agent_binary_docker_mtls_token() {
         "e2e-docker",
         &[
             ("AGENT_RUNTIME", "docker"),
+            ("CONTAINER_REGISTRY", env.registry.as_deref().unwrap()),
             ("ENV", "e2e"),
             ("ESB_BRAND_SLUG", BRAND),
             ("CONTAINERS_NETWORK", network.as_str()),

@@ -258,6 +258,7 @@ async fn dockerd_restart_under_load() {
         "e2e-docker-chaos",
         &[
             ("AGENT_RUNTIME", "docker"),
+            ("CONTAINER_REGISTRY", env.registry.as_deref().unwrap()),
             ("ENV", "dc"),
             ("ESB_BRAND_SLUG", BRAND),
             ("CONTAINERS_NETWORK", NETWORK),

@@ -497,6 +497,7 @@ async fn docker_ready_on_return_and_events() {
         "e2e-events-docker",
         &[
             ("AGENT_RUNTIME", "docker"),
+            ("CONTAINER_REGISTRY", env.registry.as_deref().unwrap()),
             ("ENV", "ev"),
             ("ESB_BRAND_SLUG", DOCKER_BRAND),
             ("CONTAINERS_NETWORK", network.as_str()),

@@ -145,4 +145,26 @@ impl AgentService for Grpc {
     ) -> Result<Response<v1::Capabilities>, Status> {
         Ok(Response::new(self.core.capabilities()))
     }
+
+    type WorkerLogsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<v1::WorkerLogsChunk, Status>>;
+
+    async fn worker_logs(
+        &self,
+        request: Request<v1::WorkerLogsRequest>,
+    ) -> Result<Response<Self::WorkerLogsStream>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let t = convert::target(&r.container_id, &r.owner_id)?;
+        ctx.set_target(&t);
+        ctx.authorize(&t.owner_id)?;
+        let rx = self
+            .core
+            .clone()
+            .worker_logs(t, r.tail_bytes, r.follow)
+            .await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
 }

@@ -137,6 +137,73 @@ impl Core {
         e.into()
     }
 
+    /// A worker's kept log (its last `tail` bytes), then, with `follow`, new output polled
+    /// every 250 ms until the worker is gone or the receiver is dropped. The cursor is taken
+    /// before each read, so a line written during a read may be sent twice, never lost.
+    pub async fn worker_logs(
+        self: Arc<Self>,
+        t: Target,
+        tail: u32,
+        follow: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<v1::WorkerLogsChunk, tonic::Status>>, ApiError>
+    {
+        const DEFAULT_TAIL: usize = 64 * 1024;
+        const MAX_READ: usize = 1024 * 1024;
+        const POLL: Duration = Duration::from_millis(250);
+        self.owned(&t).await?;
+        let tail = match tail as usize {
+            0 => DEFAULT_TAIL,
+            n => n.min(MAX_READ),
+        };
+        let id = t.container_id;
+        let mut cursor = self.runtime.log_position(&id).await?;
+        let first = self.runtime.read_log(&id, None, tail).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let chunk = |data: Vec<u8>| Ok(v1::WorkerLogsChunk { data });
+            if !first.is_empty() && tx.send(chunk(first)).await.is_err() || !follow {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL) => {}
+                    () = tx.closed() => return,
+                }
+                // Destroyed through the agent, or collected: the stream ends cleanly.
+                if self.table.status(&id).is_none() {
+                    return;
+                }
+                let next = match self.runtime.log_position(&id).await {
+                    Ok(p) => p,
+                    // Gone (destroyed, collected): the stream ends cleanly.
+                    Err(e) if e.kind() == ErrorKind::NotFound => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
+                if next == cursor {
+                    continue;
+                }
+                match self.runtime.read_log(&id, Some(cursor), MAX_READ).await {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        if tx.send(chunk(data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                }
+                cursor = next;
+            }
+        });
+        Ok(rx)
+    }
+
     /// Strictly owner-filtered.
     pub async fn list(&self, owner_id: &str) -> Result<Vec<Listed>, ApiError> {
         let started = Instant::now();

@@ -21,4 +21,5 @@ mod api {
     pub mod tls_owner;
     pub mod tls_reload;
     pub mod worker;
+    pub mod worker_logs;
 }

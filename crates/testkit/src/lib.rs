@@ -3,7 +3,8 @@
 //! eventually-assertion helper.
 
 pub mod agent;
-pub mod client;
+/// The agent client of `esbctl`, for tests.
+pub use esbctl::client;
 pub mod ctr;
 pub mod http;
 pub mod observe;

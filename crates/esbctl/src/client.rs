@@ -1,5 +1,5 @@
-//! A gRPC client for the agent (plaintext or mTLS), shared by end-to-end tests, the quickstart
-//! and the `esb-client` binary.
+//! A gRPC client for the agent (plaintext or mTLS), shared by `esbctl` and the end-to-end
+//! tests (through `esb_testkit::client`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,12 +19,9 @@ pub struct ClientTls {
     pub domain: Option<String>,
 }
 
-/// Connects to `addr` (`http://host:port`, or `https://…` with `tls`), with a bounded
+/// A channel to `addr` (`http://host:port`, or `https://…` with `tls`), with a bounded
 /// connect timeout.
-pub async fn connect(
-    addr: &str,
-    tls: Option<&ClientTls>,
-) -> anyhow::Result<AgentServiceClient<Channel>> {
+pub async fn channel(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Channel> {
     let mut ep = Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("invalid agent address {addr}"))?
         .connect_timeout(Duration::from_secs(5));
@@ -41,11 +38,17 @@ pub async fn connect(
         }
         ep = ep.tls_config(cfg).context("tls config")?;
     }
-    let channel = ep
-        .connect()
+    ep.connect()
         .await
-        .with_context(|| format!("connect to agent at {addr}"))?;
-    Ok(AgentServiceClient::new(channel)
+        .with_context(|| format!("connect to agent at {addr}"))
+}
+
+/// The agent service client over [`channel`].
+pub async fn connect(
+    addr: &str,
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<AgentServiceClient<Channel>> {
+    Ok(AgentServiceClient::new(channel(addr, tls).await?)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
 }
