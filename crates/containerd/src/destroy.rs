@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
 use containerd_client::services::v1::{
@@ -27,7 +28,8 @@ const SIGKILL: u32 = 9;
 pub(crate) async fn destroy(inner: &Arc<Inner>, id: &str) -> Result<bool, RuntimeError> {
     let task_inner = inner.clone();
     let id = id.to_string();
-    tokio::spawn(async move { destroy_detached(&task_inner, &id).await })
+    let span = tracing::info_span!("destroy", container_id = %id);
+    tokio::spawn(async move { destroy_detached(&task_inner, &id).await }.instrument(span))
         .await
         .map_err(|e| RuntimeError::internal("destroy task failed").with_source(e))?
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
@@ -42,6 +43,8 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     let id = worker_name(&inner.common.identity, &req.function_name);
     let (tx, rx) = oneshot::channel();
     let task_inner = inner.clone();
+    // The saga's own span: its log lines name the worker even after the caller left.
+    let span = tracing::info_span!("ensure", container_id = %id);
     tokio::spawn(async move {
         let (result, lease) = create(&task_inner, &id, &req).await;
         // A failed ensure answers once nothing is left, lease included; a created worker
@@ -69,7 +72,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
                 tracing::warn!(worker = %unwanted.id, error = %e.chain(), "destroying an unwanted worker failed");
             }
         }
-    });
+    }.instrument(span));
     rx.await
         .map_err(|_| RuntimeError::internal("ensure task ended without a result"))?
 }

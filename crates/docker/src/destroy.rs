@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bollard::query_parameters::RemoveContainerOptions;
 use esb_runtime::{Result, RuntimeError};
@@ -17,7 +18,8 @@ const REMOVE_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) async fn destroy(inner: &Arc<Inner>, id: &str) -> Result<bool> {
     let task_inner = Arc::clone(inner);
     let id = id.to_string();
-    tokio::spawn(async move { destroy_now(&task_inner, &id).await })
+    let span = tracing::info_span!("destroy", container_id = %id);
+    tokio::spawn(async move { destroy_now(&task_inner, &id).await }.instrument(span))
         .await
         .unwrap_or_else(|e| Err(RuntimeError::internal("destroy task failed").with_source(e)))
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
@@ -55,6 +56,8 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     let (tx, rx) = oneshot::channel();
     let task_inner = Arc::clone(inner);
     lock_in_flight(inner).insert(name.clone());
+    // The saga's own span: its log lines name the worker even after the caller left.
+    let span = tracing::info_span!("ensure", container_id = %name);
     tokio::spawn(async move {
         let inner = task_inner;
         let result = build(&inner, &name, body, &req, &image).await;
@@ -63,7 +66,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
             remove_detached(&inner, &worker.id).await;
         }
         lock_in_flight(&inner).remove(&name);
-    });
+    }.instrument(span));
     rx.await.unwrap_or_else(|_| {
         Err(RuntimeError::internal(
             "ensure task ended without an answer",

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tracing::Instrument;
 
 use tonic::Status;
 use tower::{Layer, Service};
@@ -17,12 +18,26 @@ use crate::status::ApiError;
 
 /// Identifiers a handler learnt, for the RPC's log line (set after validation only), and the
 /// authenticated client of the connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RpcContext {
     owner: OnceLock<String>,
     container: OnceLock<String>,
     /// `None` without TLS (token-only or no auth): no owner binding applies.
     peer: Option<Arc<Peer>>,
+    /// The RPC's span: every log line of the call (runtime operations included) carries its
+    /// method, owner and container id.
+    span: tracing::Span,
+}
+
+impl Default for RpcContext {
+    fn default() -> Self {
+        Self {
+            owner: OnceLock::new(),
+            container: OnceLock::new(),
+            peer: None,
+            span: tracing::Span::none(),
+        }
+    }
 }
 
 impl RpcContext {
@@ -32,9 +47,11 @@ impl RpcContext {
     }
 
     pub fn set_owner(&self, owner: &str) {
+        self.span.record("owner", owner);
         let _ = self.owner.set(owner.to_owned());
     }
     pub fn set_container(&self, id: &str) {
+        self.span.record("container_id", id);
         let _ = self.container.set(id.to_owned());
     }
     pub fn set_target(&self, t: &Target) {
@@ -58,6 +75,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "GetContainerMetrics",
             "InvokeWorker",
             "GetCapabilities",
+            "WorkerLogs",
         ],
     ),
     (HEALTH_SERVICE, &["Check", "Watch", "List"]),
@@ -250,8 +268,19 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
         let (service, method) = split_path(req.uri().path());
+        let span = if service == HEALTH_SERVICE {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "rpc",
+                method,
+                owner = tracing::field::Empty,
+                container_id = tracing::field::Empty
+            )
+        };
         let ctx = Arc::new(RpcContext {
             peer: req.extensions().get::<Arc<Peer>>().cloned(),
+            span: span.clone(),
             ..RpcContext::default()
         });
         req.extensions_mut().insert(ctx.clone());
@@ -282,14 +311,17 @@ where
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut res = inner.call(req).await;
-            finish.set_code(match &mut res {
-                Ok(resp) => response_code(resp),
-                Err(_) => tonic::Code::Unknown as i32,
-            });
-            res
-        })
+        Box::pin(
+            async move {
+                let mut res = inner.call(req).await;
+                finish.set_code(match &mut res {
+                    Ok(resp) => response_code(resp),
+                    Err(_) => tonic::Code::Unknown as i32,
+                });
+                res
+            }
+            .instrument(span),
+        )
     }
 }
 

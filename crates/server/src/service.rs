@@ -8,6 +8,7 @@ use esb_proto::v1;
 use esb_runtime::{
     EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerState, WorkerStatus,
 };
+use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::convert::{InvokeCall, Target};
@@ -57,12 +58,15 @@ impl Core {
         // The runtime's work holds the ticket (its concurrency slot) to the end, even when the
         // caller leaves: the bound holds for what the runtime really runs.
         let (runtime, table) = (self.runtime.clone(), self.table.clone());
-        let worker = tokio::spawn(async move {
-            let worker = runtime.ensure(req).await?;
-            table.insert_created(&worker);
-            ticket.commit(&worker.id);
-            Ok::<_, ApiError>(worker)
-        })
+        let worker = tokio::spawn(
+            async move {
+                let worker = runtime.ensure(req).await?;
+                table.insert_created(&worker);
+                ticket.commit(&worker.id);
+                Ok::<_, ApiError>(worker)
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|e| ApiError::Internal(format!("ensure task failed: {e}")))??;
         let addr = std::net::SocketAddr::new(worker.ip, worker.port);
