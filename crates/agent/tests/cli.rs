@@ -38,7 +38,11 @@ fn config_prints_effective_values_with_token_redacted() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("identity.brand"), "{text}");
     assert!(text.contains("= acme\n"), "{text}");
-    assert!(text.contains("0.0.0.0:6001"), "flag must override: {text}");
+    // Plaintext: loopback by default (review L6); the port flag overrides.
+    assert!(
+        text.contains("127.0.0.1:6001"),
+        "flag must override: {text}"
+    );
     assert!(text.contains("<redacted>"));
     assert!(!text.contains("do-not-print-me"));
 }

@@ -24,13 +24,24 @@ pub fn load(
     state_dir: &Path,
     notes: &mut Vec<String>,
 ) -> Result<ServerSettings, ConfigError> {
-    let listen_ip = v
-        .opt_ip(env::AGENT_LISTEN_ADDR)?
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let tls = tls(v)?;
+    // Review L6: plaintext gRPC (no client authentication) and the unauthenticated metrics
+    // endpoint listen on loopback unless an address is set explicitly.
+    let listen_ip = match v.opt_ip(env::AGENT_LISTEN_ADDR)? {
+        Some(ip) => ip,
+        None if tls == TlsSettings::Disabled => {
+            notes.push(
+                "plaintext gRPC listens on 127.0.0.1 only; set AGENT_LISTEN_ADDR to expose it"
+                    .to_string(),
+            );
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
     let port = v.u64_in(env::PORT, 50051, 0, 65535)? as u16;
     let metrics_ip = v
         .opt_ip(env::AGENT_METRICS_LISTEN_ADDR)?
-        .unwrap_or(listen_ip);
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let metrics_addr = match v.raw(env::AGENT_METRICS_PORT)? {
         Some(s) if matches!(s.to_ascii_lowercase().as_str(), "off" | "disabled" | "none") => None,
         Some(s) => match s.parse::<u16>() {
@@ -85,7 +96,6 @@ pub fn load(
         }
     }
 
-    let tls = tls(v)?;
     Ok(ServerSettings {
         listen_addr: SocketAddr::new(listen_ip, port),
         metrics_addr,

@@ -44,8 +44,14 @@ fn docker_defaults() {
     assert_eq!(d.network, "acme-dev-external");
     assert_eq!(d.host, None);
     let s = &c.server;
-    assert_eq!(s.listen_addr.to_string(), "0.0.0.0:50051");
-    assert_eq!(s.metrics_addr.unwrap().to_string(), "0.0.0.0:9091");
+    // Plaintext and metrics: loopback unless asked (review L6).
+    assert_eq!(s.listen_addr.to_string(), "127.0.0.1:50051");
+    assert_eq!(s.metrics_addr.unwrap().to_string(), "127.0.0.1:9091");
+    assert!(
+        c.notes.iter().any(|n| n.contains("127.0.0.1 only")),
+        "{:?}",
+        c.notes
+    );
     assert_eq!(s.tls, TlsSettings::Disabled);
     assert_eq!(s.auth_token, None);
     assert!(!s.reflection);
@@ -232,7 +238,11 @@ fn token_from_env_or_file_and_redacted() {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let c = load(&file_src).unwrap();
-    assert!(c.notes.is_empty(), "{:?}", c.notes);
+    assert!(
+        c.notes.iter().all(|n| !n.contains("chmod")),
+        "{:?}",
+        c.notes
+    );
 
     let err = load(&docker_src(&[("AGENT_AUTH_TOKEN", "bad token\u{1}")])).unwrap_err();
     assert_eq!(err.var, "AGENT_AUTH_TOKEN");
