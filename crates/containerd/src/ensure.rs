@@ -24,7 +24,7 @@ use crate::spec::{self, SpecInput};
 use crate::{Inner, destroy, lease, rootfs};
 
 /// Lease lifetime if the agent dies mid-ensure (containerd then collects the rest).
-const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Bound of the compensation after a failed ensure.
 const UNDO_DEADLINE: Duration = Duration::from_secs(60);
 

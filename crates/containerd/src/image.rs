@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use containerd_client::services::v1::GetImageRequest;
 use containerd_client::types::Descriptor;
 use esb_runtime::settings::{PullPolicy, RegistrySettings};
-use esb_runtime::{Observer, PullOutcome, RuntimeError};
+use esb_runtime::{Observer, PullOutcome, PullSink, RuntimeError};
 use oci_client::Reference;
 
 use crate::client::{Client, is_not_found, status_err};
@@ -74,14 +74,27 @@ impl ImageStore {
         lease: &str,
         obs: &dyn Observer,
     ) -> Result<ImageInfo, RuntimeError> {
+        self.ensure_reporting(raw, lease, obs, &|_| {})
+            .await
+            .map(|(info, _)| info)
+    }
+
+    /// [`ImageStore::ensure`] with pull progress (PullImage); also says whether it pulled.
+    pub(crate) async fn ensure_reporting(
+        &self,
+        raw: &str,
+        lease: &str,
+        obs: &dyn Observer,
+        progress: &PullSink<'_>,
+    ) -> Result<(ImageInfo, PullOutcome), RuntimeError> {
         let mut outcome = PullOutcome::Cached;
-        let res = self.ensure_as(raw, lease, &mut outcome).await;
+        let res = self.ensure_as(raw, lease, &mut outcome, progress).await;
         obs.pull(if res.is_ok() {
             outcome
         } else {
             PullOutcome::Failed
         });
-        res
+        res.map(|info| (info, outcome))
     }
 
     async fn ensure_as(
@@ -89,6 +102,7 @@ impl ImageStore {
         raw: &str,
         lease: &str,
         outcome: &mut PullOutcome,
+        progress: &PullSink<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let reference = normalize(raw, &self.registry)?;
         let name = reference.whole();
@@ -105,21 +119,23 @@ impl ImageStore {
         let target = match (self.registry.pull_policy, local) {
             (PullPolicy::IfNotPresent, Some(t)) => t,
             (_, None) => {
-                let t = self.pull(&reference, lease, None).await?;
+                let t = self.pull(&reference, lease, None, progress).await?;
                 *outcome = PullOutcome::Pulled;
                 t
             }
-            (PullPolicy::Always, Some(t)) => match self.pull(&reference, lease, Some(&t)).await {
-                Ok(new) => {
-                    *outcome = PullOutcome::Pulled;
-                    new
+            (PullPolicy::Always, Some(t)) => {
+                match self.pull(&reference, lease, Some(&t), progress).await {
+                    Ok(new) => {
+                        *outcome = PullOutcome::Pulled;
+                        new
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %name, error = %e.chain(), "pull failed; using the local copy");
+                        *outcome = PullOutcome::Fallback;
+                        t
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(image = %name, error = %e.chain(), "pull failed; using the local copy");
-                    *outcome = PullOutcome::Fallback;
-                    t
-                }
-            },
+            }
         };
         // A fresh record (first pull, or re-pull after the image was removed and its
         // snapshots collected) is always resolved again, so the unpack is checked.
@@ -178,11 +194,13 @@ impl ImageStore {
         reference: &Reference,
         lease: &str,
         local: Option<&Descriptor>,
+        progress: &PullSink<'_>,
     ) -> Result<Descriptor, RuntimeError> {
         // The whole pull is bounded (review M1): a registry that trickles bytes cannot hold
         // an Ensure, its admission place and a lease forever.
         let limit = self.registry.pull_timeout;
-        match tokio::time::timeout(limit, pull::pull(self, reference, lease, local)).await {
+        match tokio::time::timeout(limit, pull::pull(self, reference, lease, local, progress)).await
+        {
             Ok(r) => r,
             Err(_) => Err(RuntimeError::deadline_exceeded(format!(
                 "pull of {} did not finish within IMAGE_PULL_TIMEOUT ({} s)",

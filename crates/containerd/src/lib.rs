@@ -205,6 +205,30 @@ impl Runtime for ContainerdRuntime {
         logs::read(&self.inner, id, since, max_bytes)
     }
 
+    async fn pull_image(
+        &self,
+        image: &str,
+        progress: &esb_runtime::PullSink<'_>,
+    ) -> Result<esb_runtime::PulledImage> {
+        let inner = &self.inner;
+        // The lease holds what is written until the image record references it; it expires on
+        // its own if this call is dropped half-way.
+        let lease = lease::create(&inner.client, ensure::LEASE_TTL).await?;
+        let res = inner
+            .images
+            .ensure_reporting(image, &lease, inner.observer.get(), progress)
+            .await;
+        if let Err(e) = lease::delete(&inner.client, &lease, false).await {
+            tracing::debug!(error = %e.chain(), "pre-pull lease left to expire");
+        }
+        let (info, outcome) = res?;
+        Ok(esb_runtime::PulledImage {
+            reference: info.name,
+            digest: info.manifest_digest,
+            pulled: outcome == esb_runtime::PullOutcome::Pulled,
+        })
+    }
+
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
     }

@@ -141,3 +141,42 @@ async fn image_removed_behind_the_agents_back_is_pulled_and_unpacked_again() {
     assert!(rt.destroy(&w.id).await.expect("destroy"));
     world.assert_no_leftovers();
 }
+
+/// PullImage on containerd: progress per layer (declared sizes), the manifest digest, a second
+/// pull that fetches nothing, then an Ensure that finds the image ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_pull_reports_progress_and_is_shared_with_ensure() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 48);
+    let rt = world.runtime().await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let sink = |p: esb_runtime::PullProgress| seen.lock().expect("lock").push(p);
+    let img = rt.pull_image(&world.image(), &sink).await.expect("pull");
+    assert!(img.pulled, "{img:?}");
+    assert!(img.digest.starts_with("sha256:"), "{img:?}");
+    let seen = seen.into_inner().expect("lock");
+    let first = seen.first().copied().expect("progress reported");
+    let last = seen.last().copied().expect("progress reported");
+    assert_eq!((first.layers_done, first.bytes_done), (0, 0), "{seen:?}");
+    assert!(last.layers_total >= 1 && last.bytes_total > 0, "{seen:?}");
+    assert_eq!(
+        (last.layers_done, last.bytes_done),
+        (last.layers_total, last.bytes_total),
+        "{seen:?}"
+    );
+    assert_eq!(seen.len() as u32, last.layers_total + 1);
+
+    let again = rt.pull_image(&world.image(), &|_| {}).await.expect("again");
+    assert!(!again.pulled);
+    assert_eq!(again.digest, img.digest);
+    let w = rt.ensure(world.request(&[])).await.expect("ensure");
+    invoke(w.ip, "{}").await;
+    assert!(rt.destroy(&w.id).await.expect("destroy"));
+    world.assert_no_leftovers();
+    assert!(
+        world.ctr_lines(&["leases", "ls", "-q"]).is_empty(),
+        "leases left"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::query_parameters::CreateImageOptions;
 use esb_runtime::settings::{PullPolicy, RegistrySettings};
-use esb_runtime::{Observer, Phase, PullOutcome, Result, RuntimeError};
+use esb_runtime::{Observer, Phase, PullOutcome, PullProgress, PullSink, Result, RuntimeError};
 use futures::StreamExt;
 
 use crate::error::{Subject, is_not_found, map};
@@ -65,30 +65,38 @@ pub(crate) async fn ensure_image(
     registry: &RegistrySettings,
     obs: &dyn Observer,
 ) -> Result<()> {
+    ensure_image_reporting(docker, locks, image, registry, obs, &|_| {})
+        .await
+        .map(|_| ())
+}
+
+/// [`ensure_image`] with pull progress (PullImage); returns the outcome.
+pub(crate) async fn ensure_image_reporting(
+    docker: &Docker,
+    locks: &PullLocks,
+    image: &ImageRef,
+    registry: &RegistrySettings,
+    obs: &dyn Observer,
+    progress: &PullSink<'_>,
+) -> Result<PullOutcome> {
     let started = Instant::now();
-    let res = resolve(
-        docker,
-        locks,
-        image,
-        registry.pull_policy,
-        registry.pull_timeout,
-    )
-    .await;
+    let res = resolve(docker, locks, image, registry, progress).await;
     obs.phase(Phase::Pull, started.elapsed());
     obs.pull(match &res {
         Ok(outcome) => *outcome,
         Err(_) => PullOutcome::Failed,
     });
-    res.map(|_| ())
+    res
 }
 
 async fn resolve(
     docker: &Docker,
     locks: &PullLocks,
     image: &ImageRef,
-    policy: PullPolicy,
-    pull_timeout: Duration,
+    registry: &RegistrySettings,
+    progress: &PullSink<'_>,
 ) -> Result<PullOutcome> {
+    let (policy, pull_timeout) = (registry.pull_policy, registry.pull_timeout);
     let asked = Instant::now();
     let entry = locks.entry(&image.full);
     let mut last_pull = entry.lock().await;
@@ -104,7 +112,7 @@ async fn resolve(
         },
         PullPolicy::Always => {}
     }
-    match pull(docker, image, pull_timeout).await {
+    match pull(docker, image, pull_timeout, progress).await {
         Ok(()) => {
             *last_pull = Some(Instant::now());
             Ok(PullOutcome::Pulled)
@@ -122,8 +130,13 @@ async fn resolve(
 
 /// The whole pull within `limit` (review M1: a registry that trickles bytes cannot hold an
 /// Ensure forever); dropping the stream closes the Engine request.
-async fn pull(docker: &Docker, image: &ImageRef, limit: Duration) -> Result<()> {
-    match tokio::time::timeout(limit, pull_stream(docker, image)).await {
+async fn pull(
+    docker: &Docker,
+    image: &ImageRef,
+    limit: Duration,
+    progress: &PullSink<'_>,
+) -> Result<()> {
+    match tokio::time::timeout(limit, pull_stream(docker, image, progress)).await {
         Ok(r) => r,
         Err(_) => Err(RuntimeError::deadline_exceeded(format!(
             "pull of {} did not finish within IMAGE_PULL_TIMEOUT ({} s)",
@@ -133,8 +146,10 @@ async fn pull(docker: &Docker, image: &ImageRef, limit: Duration) -> Result<()> 
     }
 }
 
-async fn pull_stream(docker: &Docker, image: &ImageRef) -> Result<()> {
+async fn pull_stream(docker: &Docker, image: &ImageRef, progress: &PullSink<'_>) -> Result<()> {
     let started = Instant::now();
+    // Per layer id: (bytes current, bytes total, done), from the Engine's progress lines.
+    let mut layers: HashMap<String, (u64, u64, bool)> = HashMap::new();
     let opts = CreateImageOptions {
         from_image: Some(image.repo.clone()),
         tag: Some(image.tag.clone()),
@@ -144,10 +159,56 @@ async fn pull_stream(docker: &Docker, image: &ImageRef) -> Result<()> {
     while let Some(item) = stream.next().await {
         // bollard turns an `errorDetail` line into an error item; a failed pull never
         // passes for a successful one (the old agent ignored these).
-        item.map_err(|e| map(e, &format!("pull image {}", image.full), Subject::Image))?;
+        let info =
+            item.map_err(|e| map(e, &format!("pull image {}", image.full), Subject::Image))?;
+        if let (Some(id), Some(status)) = (&info.id, &info.status)
+            && track_layer(&mut layers, id, status, info.progress_detail.as_ref())
+        {
+            let p = layers
+                .values()
+                .fold(PullProgress::default(), |mut p, (cur, tot, done)| {
+                    p.layers_total += 1;
+                    p.layers_done += u32::from(*done);
+                    p.bytes_total += tot;
+                    p.bytes_done += if *done { *tot } else { *cur };
+                    p
+                });
+            progress(p);
+        }
     }
     tracing::info!(image = %image.full, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
     Ok(())
+}
+
+/// Updates one layer from an Engine progress line; `false` for lines that are not about a
+/// layer (the tag line, digest, status summary).
+fn track_layer(
+    layers: &mut HashMap<String, (u64, u64, bool)>,
+    id: &str,
+    status: &str,
+    detail: Option<&bollard::models::ProgressDetail>,
+) -> bool {
+    let known = layers.contains_key(id);
+    match status {
+        "Pulling fs layer" | "Waiting" => {
+            layers.entry(id.to_string()).or_default();
+        }
+        "Downloading" | "Extracting" | "Verifying Checksum" | "Download complete" => {
+            let e = layers.entry(id.to_string()).or_default();
+            if let Some(d) = detail
+                && status == "Downloading"
+            {
+                e.0 = d.current.unwrap_or(0).max(0) as u64;
+                e.1 = d.total.unwrap_or(0).max(0) as u64;
+            }
+        }
+        "Pull complete" | "Already exists" => {
+            let e = layers.entry(id.to_string()).or_default();
+            e.2 = true;
+        }
+        _ => return known,
+    }
+    true
 }
 
 #[cfg(test)]
@@ -166,6 +227,25 @@ mod tests {
             pull_timeout: esb_runtime::settings::DEFAULT_PULL_TIMEOUT,
             max_image_bytes: esb_runtime::settings::DEFAULT_MAX_IMAGE_BYTES,
         }
+    }
+
+    #[test]
+    fn engine_progress_lines_become_layer_progress() {
+        let d = |current, total| bollard::models::ProgressDetail {
+            current: Some(current),
+            total: Some(total),
+        };
+        let mut l = HashMap::new();
+        assert!(!track_layer(&mut l, "t1", "Pulling from x", None));
+        assert!(track_layer(&mut l, "a", "Pulling fs layer", None));
+        assert!(track_layer(&mut l, "b", "Already exists", None));
+        assert!(track_layer(&mut l, "a", "Downloading", Some(&d(50, 200))));
+        assert_eq!(l["a"], (50, 200, false));
+        assert!(track_layer(&mut l, "a", "Download complete", None));
+        assert!(track_layer(&mut l, "a", "Pull complete", None));
+        assert_eq!(l["a"], (50, 200, true));
+        assert!(l["b"].2);
+        assert!(!track_layer(&mut l, "zzz", "Digest: sha256:00", None));
     }
 
     #[test]

@@ -141,6 +141,42 @@ impl Runtime for DockerRuntime {
         logs::read(&self.inner, id, since, max_bytes).await
     }
 
+    async fn pull_image(
+        &self,
+        image: &str,
+        progress: &esb_runtime::PullSink<'_>,
+    ) -> Result<esb_runtime::PulledImage> {
+        let inner = &self.inner;
+        let r = image::ImageRef::resolve(image, &inner.common.registry)?;
+        let outcome = image::ensure_image_reporting(
+            &inner.docker,
+            &inner.pulls,
+            &r,
+            &inner.common.registry,
+            inner.observer.get(),
+            progress,
+        )
+        .await?;
+        let img = inner
+            .docker
+            .inspect_image(&r.full)
+            .await
+            .map_err(|e| error::map(e, "inspect image", error::Subject::Image))?;
+        // The registry's manifest digest when the Engine knows it, else the image id.
+        let digest = img
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|d| d.strip_prefix(&format!("{}@", r.repo)).map(str::to_string))
+            .or(img.id)
+            .unwrap_or_default();
+        Ok(esb_runtime::PulledImage {
+            reference: r.full,
+            digest,
+            pulled: outcome == esb_runtime::PullOutcome::Pulled,
+        })
+    }
+
     fn set_observer(&self, observer: Arc<dyn Observer>) {
         self.inner.observer.set(observer);
     }

@@ -22,6 +22,7 @@ Examples:
   esbctl --owner gw-1 ensure --function hello --image registry:5010/hello:1 --env GREETING=hi
   echo '{\"name\":\"x\"}' | esbctl --owner gw-1 invoke esb-dev-hello-1a2b3c -
   esbctl --owner gw-1 logs -f esb-dev-hello-1a2b3c
+  esbctl pull registry:5010/hello:1
   esbctl --addr https://node-7:50051 --ca ca.crt --cert ops.crt --key ops.key caps
   esbctl completion bash > /etc/bash_completion.d/esbctl
 
@@ -135,6 +136,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         tail: u32,
     },
+    /// Pull an image ahead of its first Ensure (PullImage), with progress.
+    Pull { image: String },
     /// Shell completion script.
     Completion { shell: clap_complete::Shell },
 }
@@ -427,9 +430,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out.flush()?;
             }
         }
+        Cmd::Pull { image } => {
+            let mut s = c
+                .pull_image(auth.req(pb::PullImageRequest {
+                    image,
+                    owner_id: owner,
+                }))
+                .await?
+                .into_inner();
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json_out;
+            while let Some(m) = s.next().await {
+                let m = m?;
+                if m.done {
+                    if bar {
+                        eprintln!();
+                    }
+                    let v = json!({"reference": m.reference, "digest": m.digest,
+                        "pulled": m.pulled});
+                    print_value(&v, json_out);
+                } else if bar {
+                    eprint!("\r{}", progress_bar(&m));
+                } else if !json_out {
+                    eprintln!(
+                        "layers {}/{}  bytes {}/{}",
+                        m.layers_done, m.layers_total, m.bytes_done, m.bytes_total
+                    );
+                }
+            }
+        }
         Cmd::Completion { .. } => {}
     }
     Ok(())
+}
+
+/// `[#########...........]  3/7 layers  12.3/45.6 MiB`
+fn progress_bar(m: &pb::PullImageProgress) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (m.bytes_done.saturating_mul(WIDTH))
+        .checked_div(m.bytes_total)
+        .unwrap_or(0)
+        .min(WIDTH) as usize;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    format!(
+        "[{}{}] {}/{} layers  {:.1}/{:.1} MiB",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        m.layers_done,
+        m.layers_total,
+        mib(m.bytes_done),
+        mib(m.bytes_total)
+    )
 }
 
 fn listed(s: &pb::ContainerState) -> Value {

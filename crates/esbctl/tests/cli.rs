@@ -224,6 +224,14 @@ async fn every_command_against_a_real_server() {
         assert!(err.contains("Unauthenticated"), "{err}");
         assert!(!err.contains("wrong-token"), "never echo the token: {err}");
 
+        // Not a terminal: plain progress lines on stderr, the result on stdout.
+        let (out, err) = ctl.ok(&["pull", "esb/fn:1"], None);
+        assert!(out.contains("sha256:fake"), "{out}");
+        assert!(err.contains("layers 2/2  bytes 200/200"), "{err}");
+        let (out, _) = ctl.ok(&["-o", "json", "pull", "esb/fn:1"], None);
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["reference"], "registry.test/esb/fn:1");
+
         let (out, _) = ctl.ok(&["completion", "bash"], None);
         assert!(out.contains("_esbctl()"), "{}", &out[..out.len().min(200)]);
         let (out, _) = ctl.ok(&["--help"], None);

@@ -443,6 +443,32 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().logs.get(id).map_or(0, |l| l.0.len() as u64))
     }
 
+    /// Two layers of 100 bytes; `missing…` images are not found.
+    async fn pull_image(
+        &self,
+        image: &str,
+        progress: &crate::PullSink<'_>,
+    ) -> Result<crate::PulledImage> {
+        if image.starts_with("missing") {
+            return Err(RuntimeError::image_not_found(format!(
+                "image {image} not found"
+            )));
+        }
+        for done in 0..=2u32 {
+            progress(crate::PullProgress {
+                layers_done: done,
+                layers_total: 2,
+                bytes_done: u64::from(done) * 100,
+                bytes_total: 200,
+            });
+        }
+        Ok(crate::PulledImage {
+            reference: format!("registry.test/{image}"),
+            digest: "sha256:fake".into(),
+            pulled: true,
+        })
+    }
+
     async fn read_log(&self, id: &str, since: Option<u64>, max_bytes: usize) -> Result<Vec<u8>> {
         self.enter(Op::ReadLog, Some(id))?;
         let mut inner = self.lock();

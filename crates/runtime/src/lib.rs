@@ -109,6 +109,16 @@ pub trait Runtime: Send + Sync + 'static {
         ))
     }
 
+    /// Makes `image` ready for a worker ahead of its first Ensure (pre-pull): the same path
+    /// as Ensure (allow-list, `IMAGE_PULL_POLICY`, one shared pull per reference, unpack),
+    /// reporting [`PullProgress`] as layers arrive. Default: `Unimplemented`.
+    async fn pull_image(&self, _image: &str, _progress: &PullSink<'_>) -> Result<PulledImage> {
+        Err(RuntimeError::new(
+            ErrorKind::Unimplemented,
+            "image pre-pull not implemented by this backend",
+        ))
+    }
+
     /// Subscribes to the daemon's events about managed workers (exit, OOM, pause, resume,
     /// delete). Returns once the subscription request is on its way; the stream ends or
     /// yields an error when the daemon connection breaks, and the caller subscribes again

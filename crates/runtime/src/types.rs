@@ -150,3 +150,27 @@ impl MemoryPeakProbe {
         }
     }
 }
+
+/// How far a pull is (PullImage): layers and their compressed bytes, as the registry
+/// declares them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub layers_done: u32,
+    pub layers_total: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Where a pull reports its progress.
+pub type PullSink<'a> = dyn Fn(PullProgress) + Send + Sync + 'a;
+
+/// A pulled (or already present) image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The normalised reference.
+    pub reference: String,
+    /// Manifest digest (`sha256:…`; Docker: the repo digest, else the image id).
+    pub digest: String,
+    /// Whether the registry was contacted for it (false: it was present).
+    pub pulled: bool,
+}

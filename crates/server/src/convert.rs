@@ -108,7 +108,19 @@ pub fn ensure_request(req: v1::EnsureContainerRequest) -> Result<EnsureRequest, 
     }
     names::validate_function_name(&req.function_name)?;
     let owner_id = owner(&req.owner_id)?;
-    let image = req.image.trim();
+    let image = image(&req.image)?;
+    let env = env(req.env)?;
+    Ok(EnsureRequest {
+        function_name: req.function_name,
+        image,
+        env,
+        owner_id,
+    })
+}
+
+/// An image reference as a request carries it: trimmed, non-empty, bounded, one token.
+pub fn image(raw: &str) -> Result<String, ApiError> {
+    let image = raw.trim();
     if image.is_empty() {
         return Err(ApiError::InvalidArgument("image is required".into()));
     }
@@ -123,13 +135,7 @@ pub fn ensure_request(req: v1::EnsureContainerRequest) -> Result<EnsureRequest, 
             "image contains whitespace or control characters".into(),
         ));
     }
-    let env = env(req.env)?;
-    Ok(EnsureRequest {
-        function_name: req.function_name,
-        image: image.to_owned(),
-        env,
-        owner_id,
-    })
+    Ok(image.to_owned())
 }
 
 fn env(map: HashMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {

@@ -146,6 +146,25 @@ impl AgentService for Grpc {
         Ok(Response::new(self.core.capabilities()))
     }
 
+    type PullImageStream =
+        tokio_stream::wrappers::ReceiverStream<Result<v1::PullImageProgress, Status>>;
+
+    async fn pull_image(
+        &self,
+        request: Request<v1::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let image = convert::image(&r.image)?;
+        if !r.owner_id.trim().is_empty() {
+            ctx.set_owner(r.owner_id.trim());
+        }
+        let rx = self.core.clone().pull_image(image);
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     type WorkerLogsStream =
         tokio_stream::wrappers::ReceiverStream<Result<v1::WorkerLogsChunk, Status>>;
 

@@ -76,6 +76,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "InvokeWorker",
             "GetCapabilities",
             "WorkerLogs",
+            "PullImage",
         ],
     ),
     (HEALTH_SERVICE, &["Check", "Watch", "List"]),

@@ -208,6 +208,43 @@ impl Core {
         Ok(rx)
     }
 
+    /// Pre-pull with progress: intermediate updates are dropped when the caller reads slower
+    /// than layers arrive; the final message (or the error) is always delivered. The pull
+    /// continues when the caller leaves (a concurrent Ensure may be sharing it).
+    pub fn pull_image(
+        self: Arc<Self>,
+        image: String,
+    ) -> tokio::sync::mpsc::Receiver<Result<v1::PullImageProgress, tonic::Status>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(
+            async move {
+                let sink_tx = tx.clone();
+                let sink = move |p: esb_runtime::PullProgress| {
+                    let _ = sink_tx.try_send(Ok(v1::PullImageProgress {
+                        layers_done: p.layers_done,
+                        layers_total: p.layers_total,
+                        bytes_done: p.bytes_done,
+                        bytes_total: p.bytes_total,
+                        ..Default::default()
+                    }));
+                };
+                let last = match self.runtime.pull_image(&image, &sink).await {
+                    Ok(img) => Ok(v1::PullImageProgress {
+                        done: true,
+                        reference: img.reference,
+                        digest: img.digest,
+                        pulled: img.pulled,
+                        ..Default::default()
+                    }),
+                    Err(e) => Err(ApiError::from(e).into()),
+                };
+                let _ = tx.send(last).await;
+            }
+            .in_current_span(),
+        );
+        rx
+    }
+
     /// Strictly owner-filtered.
     pub async fn list(&self, owner_id: &str) -> Result<Vec<Listed>, ApiError> {
         let started = Instant::now();

@@ -13,6 +13,7 @@ mod api {
     pub mod logtail;
     pub mod observability;
     pub mod pki;
+    pub mod pull;
     pub mod ready;
     pub mod relist;
     pub mod report;

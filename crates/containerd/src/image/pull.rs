@@ -8,7 +8,7 @@ use std::time::Duration;
 use containerd_client::services::v1::{CreateImageRequest, Image, UpdateImageRequest};
 use containerd_client::types::Descriptor;
 use esb_runtime::settings::RegistrySettings;
-use esb_runtime::{ErrorKind, RuntimeError};
+use esb_runtime::{ErrorKind, PullProgress, PullSink, RuntimeError};
 use oci_client::Reference;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -62,6 +62,7 @@ pub(super) async fn pull(
     reference: &Reference,
     lease: &str,
     local: Option<&Descriptor>,
+    progress: &PullSink<'_>,
 ) -> Result<Descriptor, RuntimeError> {
     let name = reference.whole();
     let auth = RegistryAuth::Anonymous;
@@ -117,7 +118,19 @@ pub(super) async fn pull(
     }
     let chain = oci::chain_ids(&config.diff_ids);
 
+    let mut done = PullProgress {
+        layers_done: 0,
+        layers_total: manifest.layers.len() as u32,
+        bytes_done: 0,
+        bytes_total: manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(),
+    };
+    progress(done);
     for (layer, diff_id) in manifest.layers.iter().zip(&config.diff_ids) {
+        let report = |d: &mut PullProgress| {
+            d.layers_done += 1;
+            d.bytes_done += layer.size.max(0) as u64;
+            progress(*d);
+        };
         let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
         if content::info(client, &layer.digest).await?.is_some() {
             content::ensure(
@@ -129,6 +142,7 @@ pub(super) async fn pull(
                 labels,
             )
             .await?;
+            report(&mut done);
             continue;
         }
         let path = store.tmp_dir.join(format!(
@@ -152,6 +166,7 @@ pub(super) async fn pull(
         }
         .await;
         result?;
+        report(&mut done);
     }
 
     let mut config_labels = HashMap::new();

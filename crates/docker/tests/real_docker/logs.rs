@@ -37,6 +37,13 @@ async fn logs_are_bounded_and_read_by_cursor() -> anyhow::Result<()> {
 
     let p0 = rt.log_position(&w.id).await?;
     invoke(w.ip, r#"{"stdout":"call-one"}"#).await?;
+    // dockerd stamps a line when its log copier reads it, which can be after the reply: take
+    // the next cursor only once call-one is in the log (what the agent's log tail waits for).
+    esb_testkit::eventually("call-one logged", Duration::from_secs(10), || async {
+        let got = rt.read_log(&w.id, Some(p0), 4096).await.unwrap();
+        (got == b"call-one\n").then_some(())
+    })
+    .await;
     let p1 = rt.log_position(&w.id).await?;
     invoke(w.ip, r#"{"stderr":"call-two"}"#).await?;
     let t = Instant::now();

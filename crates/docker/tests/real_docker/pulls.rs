@@ -122,3 +122,66 @@ async fn missing_image_is_image_not_found_without_leftover() -> anyhow::Result<(
     assert!(ctx.containers().await?.is_empty());
     Ok(())
 }
+
+/// PullImage on dockerd: an absent image is pulled (layer progress as the Engine's stream
+/// reports it), a second pull is a no-op (`pulled` false), the digest is the registry's, and an
+/// Ensure afterwards needs no pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_pull_reports_progress_and_is_shared_with_ensure() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let ctx = Ctx::new(env, 13).await?;
+    let registry = ctx.env.registry.clone().unwrap_or_default();
+    let repo = format!("{registry}/esbt-dk/pre-pull");
+    let reference = format!("{repo}:t13");
+    tag(&ctx, &repo, "t13").await?;
+    let mut push = ctx.raw.push_image(
+        &repo,
+        Some(PushImageOptions {
+            tag: Some("t13".into()),
+            ..Default::default()
+        }),
+        None,
+    );
+    while let Some(item) = push.next().await {
+        item?;
+    }
+    untag(&ctx, &reference).await;
+    assert!(!present(&ctx, &reference).await);
+
+    let rt = ctx.runtime().await?;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let sink = |p: esb_runtime::PullProgress| seen.lock().unwrap().push(p);
+    let img = rt.pull_image(&reference, &sink).await?;
+    assert!(img.pulled);
+    assert_eq!(img.reference, reference);
+    assert!(img.digest.starts_with("sha256:"), "{img:?}");
+    // dockerd lists only the layers it has to fetch: here they all exist locally (the image
+    // was tagged from the worker image), so there may be no layer lines at all.
+    let seen = seen.into_inner().unwrap();
+    if let Some(last) = seen.last() {
+        assert_eq!(last.layers_done, last.layers_total, "{seen:?}");
+    }
+    assert!(
+        seen.iter().all(|p| p.layers_done <= p.layers_total),
+        "{seen:?}"
+    );
+    assert!(present(&ctx, &reference).await);
+
+    let again = rt.pull_image(&reference, &|_| {}).await?;
+    assert!(!again.pulled);
+    let mut req = ctx.request("pre-pull");
+    req.image = reference.clone();
+    let w = rt.ensure(req).await?;
+    invoke(w.ip, "{}").await?;
+    assert!(rt.destroy(&w.id).await?);
+
+    let e = rt
+        .pull_image("127.0.0.1:1/not/allowed:1", &|_| {})
+        .await
+        .expect_err("Any is allowed in the test settings, port 1 is closed");
+    assert_ne!(e.kind(), ErrorKind::Internal, "{}", e.chain());
+    untag(&ctx, &reference).await;
+    Ok(())
+}
