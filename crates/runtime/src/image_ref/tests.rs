@@ -1,3 +1,4 @@
+//! The shared reference grammar: the table both backends agree on, and a mutation fuzz.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use super::*;
