@@ -26,8 +26,6 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
-    #[error("{0}")]
-    Cancelled(String),
     /// The worker could not be reached or broke the connection.
     #[error("{0}")]
     Unavailable(String),
@@ -60,7 +58,6 @@ impl ApiError {
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Self::Cancelled(_) => Code::Cancelled,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
             Self::Runtime(e) => runtime_code(e.kind()),
