@@ -68,11 +68,11 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
     // answer nobody, and destroy releases everything whether or not the stop succeeds.
     let records = async {
         if let Err(e) = stop_task(inner, id).await {
-            tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
+            tracing::warn!(container_id = %id, error = %e.chain(), "stopping task failed");
         }
         let stop_us = t.elapsed().as_micros() as u64;
         if let Err(e) = delete_task(inner, id).await {
-            tracing::warn!(worker = %id, error = %e.chain(), "deleting task failed");
+            tracing::warn!(container_id = %id, error = %e.chain(), "deleting task failed");
         }
         let task_delete_us = t.elapsed().as_micros() as u64 - stop_us;
         // Deleting a container record does not touch its snapshot: both go at once.
@@ -85,7 +85,7 @@ pub(crate) async fn destroy_detached(inner: &Arc<Inner>, id: &str) -> Result<boo
     };
     let ((detached, network_us), (stop_us, task_delete_us)) = tokio::join!(network, records);
     tracing::debug!(
-        worker = %id, stop_us, task_delete_us, network_us,
+        container_id = %id, stop_us, task_delete_us, network_us,
         total_us = t.elapsed().as_micros() as u64, "worker destroyed"
     );
     detached?;
@@ -100,7 +100,7 @@ pub(crate) async fn stop_and_delete_task(inner: &Inner, id: &str) {
         Err(e) => Err(e),
     };
     if let Err(e) = r {
-        tracing::warn!(worker = %id, error = %e.chain(), "stopping task failed");
+        tracing::warn!(container_id = %id, error = %e.chain(), "stopping task failed");
     }
 }
 
@@ -145,7 +145,7 @@ async fn stop_task(inner: &Inner, id: &str) -> Result<(), RuntimeError> {
         if !exited {
             kill(inner, id, SIGKILL, true).await;
             if tokio::time::timeout(KILL_WAIT, &mut wait).await.is_err() {
-                tracing::warn!(worker = %id, "task did not exit within the kill wait");
+                tracing::warn!(container_id = %id, "task did not exit within the kill wait");
             }
         }
         wait.abort();
@@ -181,7 +181,7 @@ async fn kill(inner: &Inner, id: &str, signal: u32, all: bool) {
         .await
         && !is_not_found(&s)
     {
-        tracing::debug!(worker = %id, signal, error = %s, "kill failed");
+        tracing::debug!(container_id = %id, signal, error = %s, "kill failed");
     }
 }
 
@@ -207,7 +207,7 @@ pub(crate) async fn delete_container(inner: &Inner, id: &str) {
     {
         Ok(_) => {}
         Err(s) if is_not_found(&s) => {}
-        Err(s) => tracing::warn!(worker = %id, error = %s, "deleting container failed"),
+        Err(s) => tracing::warn!(container_id = %id, error = %s, "deleting container failed"),
     }
 }
 
@@ -223,6 +223,6 @@ pub(crate) async fn remove_snapshot(inner: &Inner, id: &str) {
     {
         Ok(_) => {}
         Err(s) if is_not_found(&s) => {}
-        Err(s) => tracing::warn!(worker = %id, error = %s, "removing snapshot failed"),
+        Err(s) => tracing::warn!(container_id = %id, error = %s, "removing snapshot failed"),
     }
 }

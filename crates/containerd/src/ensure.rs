@@ -66,10 +66,10 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
             tx.send(result)
         };
         if let Err(Ok(unwanted)) = sent {
-            tracing::info!(worker = %unwanted.id, "ensure caller went away; destroying the new worker");
+            tracing::info!(container_id = %unwanted.id, "ensure caller went away; destroying the new worker");
             task_inner.observer.get().rollback("ensure");
             if let Err(e) = destroy::destroy_detached(&task_inner, &unwanted.id).await {
-                tracing::warn!(worker = %unwanted.id, error = %e.chain(), "destroying an unwanted worker failed");
+                tracing::warn!(container_id = %unwanted.id, error = %e.chain(), "destroying an unwanted worker failed");
             }
         }
     }.instrument(span));
@@ -136,13 +136,13 @@ async fn create(
     let mut done = Done::default();
     let result = steps(inner, id, req, &lease, &mut done).await;
     if let Err(e) = &result {
-        tracing::warn!(worker = %id, error = %e.chain(), "ensure failed; rolling back");
+        tracing::warn!(container_id = %id, error = %e.chain(), "ensure failed; rolling back");
         if done.snapshot || done.network || done.container || done.task {
             inner.observer.get().rollback("ensure");
         }
         let undo = undo(inner, id, &done);
         if tokio::time::timeout(UNDO_DEADLINE, undo).await.is_err() {
-            tracing::error!(worker = %id, "rollback of a failed ensure timed out");
+            tracing::error!(container_id = %id, "rollback of a failed ensure timed out");
         }
     }
     (result, Some(lease))
@@ -199,7 +199,7 @@ async fn steps(
         net_wait_us,
     ] = clock.us;
     tracing::debug!(
-        worker = %id, image_us, snapshot_us, network_us, container_us, task_us, net_wait_us,
+        container_id = %id, image_us, snapshot_us, network_us, container_us, task_us, net_wait_us,
         start_us, "worker created"
     );
     clock.report(inner.observer.get());
@@ -337,7 +337,7 @@ async fn workload(
             .await;
         match r {
             Err(s) if attempt < SHIM_START_RETRIES.len() && is_shim_start_race(&s) => {
-                tracing::debug!(worker = %id, attempt, error = %s.message(), "shim start raced its exit; retrying");
+                tracing::debug!(container_id = %id, attempt, error = %s.message(), "shim start raced its exit; retrying");
                 tokio::time::sleep(SHIM_START_RETRIES[attempt]).await;
                 attempt += 1;
             }
@@ -425,7 +425,7 @@ async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
     if done.network
         && let Err(e) = inner.cni.detach(id).await
     {
-        tracing::warn!(worker = %id, error = %e, "cni detach during rollback failed; reconcile retries");
+        tracing::warn!(container_id = %id, error = %e, "cni detach during rollback failed; reconcile retries");
     }
     if done.snapshot {
         destroy::remove_snapshot(inner, id).await;

@@ -38,7 +38,7 @@ async fn destroy_now(inner: &Inner, id: &str) -> Result<bool> {
     {
         Ok(()) => {
             inner.known.forget(&full_id);
-            tracing::info!(id = %full_id, "worker destroyed");
+            tracing::info!(container_id = %full_id, "worker destroyed");
             Ok(true)
         }
         Err(e) if is_not_found(&e) => Ok(false),
@@ -69,7 +69,7 @@ pub(crate) async fn remove_quietly(inner: &Inner, id: &str) -> Result<()> {
         inner.known.forget(id);
     }
     if let Err(e) = &res {
-        tracing::warn!(id, error = %e.chain(), "worker removal failed");
+        tracing::warn!(container_id = %id, error = %e.chain(), "worker removal failed");
     }
     res
 }

@@ -62,7 +62,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
         let inner = task_inner;
         let result = build(&inner, &name, body, &req, &image).await;
         if let Err(Ok(worker)) = tx.send(result) {
-            tracing::info!(worker = %worker.name, "ensure abandoned by its caller; removing the worker");
+            tracing::info!(container_id = %worker.name, "ensure abandoned by its caller; removing the worker");
             remove_detached(&inner, &worker.id).await;
         }
         lock_in_flight(&inner).remove(&name);
@@ -196,7 +196,7 @@ async fn build(
     inner.known.remember(&id);
     match start_and_address(inner, &id).await {
         Ok((ip, created_at)) => {
-            tracing::info!(worker = name, id = %id, %ip, "worker started");
+            tracing::info!(container_id = name, docker_id = %id, %ip, "worker started");
             Ok(Worker {
                 id,
                 name: name.to_string(),
@@ -208,7 +208,7 @@ async fn build(
             })
         }
         Err(e) => {
-            tracing::warn!(worker = name, error = %e.chain(), "ensure failed after create; removing the container");
+            tracing::warn!(container_id = name, error = %e.chain(), "ensure failed after create; removing the container");
             remove_detached(inner, &id).await;
             Err(e)
         }
@@ -274,7 +274,7 @@ async fn exited_at_start(inner: &Inner, id: &str, c: &ContainerInspectResponse) 
     let log = match crate::logs::read(inner, id, None, report::TAIL_BYTES).await {
         Ok(bytes) => bytes,
         Err(e) => {
-            tracing::debug!(id, error = %e.chain(), "no log tail for the exit report");
+            tracing::debug!(container_id = %id, error = %e.chain(), "no log tail for the exit report");
             Vec::new()
         }
     };
