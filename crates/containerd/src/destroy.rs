@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
 use containerd_client::services::v1::{
@@ -29,9 +28,10 @@ pub(crate) async fn destroy(inner: &Arc<Inner>, id: &str) -> Result<bool, Runtim
     let task_inner = inner.clone();
     let id = id.to_string();
     let span = tracing::info_span!("destroy", container_id = %id);
-    tokio::spawn(async move { destroy_detached(&task_inner, &id).await }.instrument(span))
-        .await
-        .map_err(|e| RuntimeError::internal("destroy task failed").with_source(e))?
+    esb_runtime::saga::finish_detached("destroy", span, async move {
+        destroy_detached(&task_inner, &id).await
+    })
+    .await
 }
 
 /// The destroy itself (caller guarantees it runs to completion).

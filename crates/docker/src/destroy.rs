@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 use bollard::query_parameters::RemoveContainerOptions;
 use esb_runtime::{Result, RuntimeError};
@@ -19,9 +18,10 @@ pub(crate) async fn destroy(inner: &Arc<Inner>, id: &str) -> Result<bool> {
     let task_inner = Arc::clone(inner);
     let id = id.to_string();
     let span = tracing::info_span!("destroy", container_id = %id);
-    tokio::spawn(async move { destroy_now(&task_inner, &id).await }.instrument(span))
-        .await
-        .unwrap_or_else(|e| Err(RuntimeError::internal("destroy task failed").with_source(e)))
+    esb_runtime::saga::finish_detached("destroy", span, async move {
+        destroy_now(&task_inner, &id).await
+    })
+    .await
 }
 
 async fn destroy_now(inner: &Inner, id: &str) -> Result<bool> {

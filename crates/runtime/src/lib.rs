@@ -11,6 +11,7 @@ pub mod image_ref;
 pub mod names;
 pub mod observe;
 pub mod report;
+pub mod saga;
 pub mod settings;
 pub mod status;
 pub mod types;

@@ -58,17 +58,14 @@ impl Core {
         // The runtime's work holds the ticket (its concurrency slot) to the end, even when the
         // caller leaves: the bound holds for what the runtime really runs.
         let (runtime, table) = (self.runtime.clone(), self.table.clone());
-        let worker = tokio::spawn(
-            async move {
+        let worker =
+            esb_runtime::saga::finish_detached("ensure", tracing::Span::current(), async move {
                 let worker = runtime.ensure(req).await?;
                 table.insert_created(&worker);
                 ticket.commit(&worker.id);
                 Ok::<_, ApiError>(worker)
-            }
-            .in_current_span(),
-        )
-        .await
-        .map_err(|e| ApiError::Internal(format!("ensure task failed: {e}")))??;
+            })
+            .await?;
         let addr = std::net::SocketAddr::new(worker.ip, worker.port);
         self.await_ready(&worker.id, Some(addr), ReadyFor::Ensure)
             .await?;
