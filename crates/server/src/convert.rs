@@ -10,6 +10,7 @@ use esb_runtime::{EnsureRequest, Worker, WorkerMetrics, WorkerStatus, names};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 
+pub use crate::model::{InvokeCall, Target, is_hop_by_hop};
 use crate::status::ApiError;
 
 /// Longest accepted container id / owner id, bytes.
@@ -33,24 +34,6 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
 /// RIE invocation path used when `path` is empty (compat).
 pub const DEFAULT_INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
-
-/// A validated container id + owner pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub container_id: String,
-    pub owner_id: String,
-}
-
-/// A validated InvokeWorker call.
-#[derive(Debug, Clone)]
-pub struct InvokeCall {
-    pub target: Target,
-    pub path: PathAndQuery,
-    pub payload: Bytes,
-    pub headers: HeaderMap,
-    /// From `timeout_ms` (≤ 0 → the default), clamped to [`MAX_INVOKE_TIMEOUT`].
-    pub timeout: Duration,
-}
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
@@ -223,22 +206,6 @@ fn invoke_path(raw: &str) -> Result<PathAndQuery, ApiError> {
         .map_err(|_| ApiError::InvalidArgument("path is not a valid http path".into()))
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones the proxy sets itself.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
 fn invoke_headers(map: HashMap<String, String>) -> Result<HeaderMap, ApiError> {
     if map.len() > MAX_HEADERS {
         return Err(ApiError::TooLarge(format!(
@@ -310,7 +277,7 @@ pub fn container_metrics(m: WorkerMetrics) -> v1::GetContainerMetricsResponse {
     }
 }
 
-pub fn list_response(listed: Vec<crate::service::Listed>) -> v1::ListContainersResponse {
+pub fn list_response(listed: Vec<crate::model::Listed>) -> v1::ListContainersResponse {
     v1::ListContainersResponse {
         containers: listed
             .into_iter()

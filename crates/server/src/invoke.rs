@@ -24,8 +24,8 @@ pub use conn::Slot;
 use conn::{Conn, Sender};
 pub use report::{InvokeReport, Outcome, ReportCell, ReportLayer, TrailerReport};
 
-use crate::convert::InvokeCall;
 use crate::metrics::Metrics;
+use crate::model::InvokeCall;
 use crate::settings::InvokeSettings;
 use crate::status::ApiError;
 

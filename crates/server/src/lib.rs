@@ -15,6 +15,7 @@ pub mod invoke;
 pub mod listen;
 pub mod logtail;
 pub mod metrics;
+pub mod model;
 mod ready;
 mod rpc;
 mod serve;

@@ -7,12 +7,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use esb_runtime::{Observer, Phase, Runtime, WorkerStatus, report};
+use esb_runtime::{Runtime, WorkerStatus, report};
 use tokio::net::TcpStream;
 
-use crate::metrics::ReadyOutcome;
-use crate::service::Core;
-use crate::status::ApiError;
 use crate::workers::WorkerTable;
 
 /// Pause between refused connects: a refused connect costs microseconds, so a short pause
@@ -24,65 +21,13 @@ const CONNECT_BOUND: Duration = Duration::from_millis(200);
 /// stream usually tells first, through the table).
 const INSPECT_EVERY: Duration = Duration::from_millis(100);
 
-/// What the caller of [`Core::await_ready`] is.
+/// What the caller of `Core::await_ready` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadyFor {
     /// A new worker: its wait is the `ready` phase, and one that exits is destroyed.
     Ensure,
     /// A resumed worker: one that exits stays visible as STOPPED until GC.
     Resume,
-}
-
-impl Core {
-    /// Waits (up to `AGENT_ENSURE_READY_TIMEOUT`) until the worker `id` at `addr` accepts a
-    /// TCP connection. A timeout is not an error (the caller's own probe carries on); an exit
-    /// is `UNAVAILABLE` with the exit code and log tail.
-    pub(crate) async fn await_ready(
-        &self,
-        id: &str,
-        addr: Option<SocketAddr>,
-        what: ReadyFor,
-    ) -> Result<(), ApiError> {
-        let (Some(addr), false) = (addr, self.ready_timeout.is_zero()) else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let outcome = wait(
-            self.runtime.as_ref(),
-            &self.table,
-            id,
-            addr,
-            self.ready_timeout,
-        )
-        .await;
-        if what == ReadyFor::Ensure {
-            self.metrics.phase(Phase::Ready, started.elapsed());
-        }
-        match outcome {
-            Readiness::Ready => {
-                self.metrics.events.ready(ReadyOutcome::Ready);
-                Ok(())
-            }
-            Readiness::TimedOut => {
-                self.metrics.events.ready(ReadyOutcome::Timeout);
-                tracing::warn!(container_id = %id, timeout = ?self.ready_timeout, "worker not listening yet; returning it anyway");
-                Ok(())
-            }
-            Readiness::Exited => {
-                self.metrics.events.ready(ReadyOutcome::Exited);
-                let msg = exit_report(self.runtime.as_ref(), &self.table, id).await;
-                if what == ReadyFor::Ensure {
-                    match self.runtime.destroy(id).await {
-                        Ok(_) => self.table.remove(id),
-                        Err(e) => {
-                            tracing::warn!(container_id = %id, error = %e.chain(), "cannot destroy a worker that exited at start; GC will")
-                        }
-                    }
-                }
-                Err(ApiError::Unavailable(msg))
-            }
-        }
-    }
 }
 
 /// How a ready wait ended.

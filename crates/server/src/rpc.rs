@@ -12,8 +12,8 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::authz::Peer;
-use crate::convert::Target;
 use crate::metrics::Metrics;
+use crate::model::Target;
 use crate::status::ApiError;
 
 /// Identifiers a handler learnt, for the RPC's log line (set after validation only), and the

@@ -1,20 +1,19 @@
 //! The service core: SPEC §3 semantics over the runtime and the worker table (ownership,
 //! idempotent destroy, last-used touches), with validated domain inputs and outputs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use esb_proto::v1;
-use esb_runtime::{
-    EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerState, WorkerStatus,
-};
+use esb_runtime::{EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerStatus};
 use tracing::Instrument;
 
 use crate::admission::Admission;
-use crate::convert::{InvokeCall, Target};
 use crate::invoke::{InvokeReply, Invoker, NotInvocable, Outcome, ReportCell};
-use crate::metrics::Metrics;
-use crate::ready::ReadyFor;
+use crate::metrics::{Metrics, ReadyOutcome};
+use crate::model::{InvokeCall, Listed, Target};
+use crate::ready::{self, ReadyFor};
 use crate::status::ApiError;
 use crate::workers::{Entry, WorkerTable};
 
@@ -39,12 +38,6 @@ pub struct Core {
     /// `AGENT_ENSURE_READY_TIMEOUT`; zero = Ensure/Resume do not wait for the port.
     pub(crate) ready_timeout: Duration,
     pub(crate) admission: Arc<Admission>,
-}
-
-/// A listed worker with its last use.
-pub struct Listed {
-    pub state: WorkerState,
-    pub last_used_at: i64,
 }
 
 impl Core {
@@ -458,6 +451,63 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Ready-on-return (the waiting itself is in [`crate::ready`]).
+impl Core {
+    /// Waits (up to `AGENT_ENSURE_READY_TIMEOUT`) until the worker `id` at `addr` accepts a
+    /// TCP connection. A timeout is not an error (the caller's own probe carries on); an exit
+    /// is `UNAVAILABLE` with the exit code and log tail.
+    pub(crate) async fn await_ready(
+        &self,
+        id: &str,
+        addr: Option<SocketAddr>,
+        what: ReadyFor,
+    ) -> Result<(), ApiError> {
+        let (Some(addr), false) = (addr, self.ready_timeout.is_zero()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let outcome = ready::wait(
+            self.runtime.as_ref(),
+            &self.table,
+            id,
+            addr,
+            self.ready_timeout,
+        )
+        .await;
+        if what == ReadyFor::Ensure {
+            esb_runtime::Observer::phase(
+                &*self.metrics,
+                esb_runtime::Phase::Ready,
+                started.elapsed(),
+            );
+        }
+        match outcome {
+            ready::Readiness::Ready => {
+                self.metrics.events.ready(ReadyOutcome::Ready);
+                Ok(())
+            }
+            ready::Readiness::TimedOut => {
+                self.metrics.events.ready(ReadyOutcome::Timeout);
+                tracing::warn!(container_id = %id, timeout = ?self.ready_timeout, "worker not listening yet; returning it anyway");
+                Ok(())
+            }
+            ready::Readiness::Exited => {
+                self.metrics.events.ready(ReadyOutcome::Exited);
+                let msg = ready::exit_report(self.runtime.as_ref(), &self.table, id).await;
+                if what == ReadyFor::Ensure {
+                    match self.runtime.destroy(id).await {
+                        Ok(_) => self.table.remove(id),
+                        Err(e) => {
+                            tracing::warn!(container_id = %id, error = %e.chain(), "cannot destroy a worker that exited at start; GC will")
+                        }
+                    }
+                }
+                Err(ApiError::Unavailable(msg))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::InvokeReply;
-use crate::convert::is_hop_by_hop;
+use crate::model::is_hop_by_hop;
 use crate::status::ApiError;
 
 fn too_large(limit: u64) -> ApiError {
