@@ -139,14 +139,29 @@ impl Drop for Agent {
     }
 }
 
-/// Polls `cond` every 20 ms for up to 5 s.
+/// `cond` holds within 5 s (the one `esb_testkit::eventually`, for plain conditions).
 pub async fn eventually(mut cond: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < until,
-            "condition not met within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    esb_testkit::eventually("the condition", Duration::from_secs(5), || {
+        std::future::ready(cond().then_some(()))
+    })
+    .await;
+}
+
+/// Set in the child process of [`run_alone`].
+pub const CHILD: &str = "ESB_TEST_CHILD";
+
+/// Runs the ignored test `path` (e.g. `api::tls_reload::sighup_child`) alone in a child
+/// process of the test binary: log capture needs tracing's process-wide callsite interest to
+/// itself (another test thread can cache a callsite as disabled), and signals reach the whole
+/// process.
+pub fn run_alone(path: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", path, "--include-ignored", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{path} failed:\n{text}{err}");
+    assert!(text.contains("1 passed"), "{path} did not run:\n{text}");
 }

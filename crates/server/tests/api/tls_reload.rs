@@ -12,7 +12,7 @@ use esb_proto::v1;
 use esb_runtime::fake::FakeRuntime;
 use esb_server::TlsSettings;
 
-use super::harness::Agent;
+use super::harness::{Agent, CHILD, run_alone};
 use super::pki::{
     Ca, Pki, ca, caps, crl, gateway_sans, leaf, leaf_serial, server_leaf, tls_client,
 };
@@ -207,7 +207,7 @@ const RELOADED: &str = "TLS material reloaded";
 /// Log capture needs tracing's process-wide callsite state to itself: runs in a child process.
 #[test]
 fn a_corrupt_file_keeps_the_old_material_and_logs_one_error() {
-    run_alone("corrupt_file_child");
+    run_alone("api::tls_reload::corrupt_file_child");
 }
 
 #[tokio::test]
@@ -290,27 +290,7 @@ async fn revoked_client_certificates_are_refused_and_the_crl_reloads() {
 /// other tests' agents must not see it.
 #[test]
 fn sighup_reloads_at_once() {
-    run_alone("sighup_child");
-}
-
-const CHILD: &str = "ESB_TEST_CHILD";
-
-/// Runs the ignored test `name` of this module alone in a child process of the test binary.
-fn run_alone(name: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            &format!("api::tls_reload::{name}"),
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name} failed:\n{text}{err}");
-    assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+    run_alone("api::tls_reload::sighup_child");
 }
 
 #[tokio::test]
