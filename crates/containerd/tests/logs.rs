@@ -101,6 +101,9 @@ async fn flood_stays_within_the_bound_and_cursors_cut_calls() {
     for i in 0..calls {
         let key = if i % 2 == 0 { "stdout" } else { "stderr" };
         let text: String = std::iter::repeat_n(char::from(b'a' + (i % 26) as u8), line).collect();
+        // The log writer lags the reply: a cursor taken before the earlier calls' lines
+        // landed would also cover them (seen under CI load), so wait for them first.
+        position_reaches(&rt, &w.id, p1 + (i * (line + 1)) as u64).await;
         last_start = rt.log_position(&w.id).await.unwrap();
         invoke(ip, &format!(r#"{{"{key}":"{text}"}}"#)).await;
     }
