@@ -31,6 +31,27 @@ async fn present(ctx: &Ctx, reference: &str) -> bool {
     ctx.raw.inspect_image(reference).await.is_ok()
 }
 
+/// `repo:tag` of the worker image, pushed to the registry and then dropped locally, so the
+/// next use must pull it. Returns the reference.
+async fn in_registry_only(ctx: &Ctx, repo: &str, tag_name: &str) -> anyhow::Result<String> {
+    let reference = format!("{repo}:{tag_name}");
+    tag(ctx, repo, tag_name).await?;
+    let mut push = ctx.raw.push_image(
+        repo,
+        Some(PushImageOptions {
+            tag: Some(tag_name.into()),
+            ..Default::default()
+        }),
+        None,
+    );
+    while let Some(item) = push.next().await {
+        item?;
+    }
+    untag(ctx, &reference).await;
+    assert!(!present(ctx, &reference).await);
+    Ok(reference)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_not_present_pulls_when_absent() -> anyhow::Result<()> {
     let Some(env) = esb_testkit::docker() else {
@@ -39,22 +60,7 @@ async fn if_not_present_pulls_when_absent() -> anyhow::Result<()> {
     let mut ctx = Ctx::new(env, 10).await?;
     let registry = ctx.env.registry.clone().unwrap_or_default();
     // A reference of our own, pushed to the registry and then dropped locally.
-    let repo = format!("{registry}/esbt-dk/pull-ifnp");
-    let reference = format!("{repo}:t10");
-    tag(&ctx, &repo, "t10").await?;
-    let mut push = ctx.raw.push_image(
-        &repo,
-        Some(PushImageOptions {
-            tag: Some("t10".into()),
-            ..Default::default()
-        }),
-        None,
-    );
-    while let Some(item) = push.next().await {
-        item?;
-    }
-    untag(&ctx, &reference).await;
-    assert!(!present(&ctx, &reference).await);
+    let reference = in_registry_only(&ctx, &format!("{registry}/esbt-dk/pull-ifnp"), "t10").await?;
 
     ctx.common.registry.pull_policy = PullPolicy::IfNotPresent;
     let rt = ctx.runtime().await?;
@@ -133,22 +139,7 @@ async fn pre_pull_reports_progress_and_is_shared_with_ensure() -> anyhow::Result
     };
     let ctx = Ctx::new(env, 13).await?;
     let registry = ctx.env.registry.clone().unwrap_or_default();
-    let repo = format!("{registry}/esbt-dk/pre-pull");
-    let reference = format!("{repo}:t13");
-    tag(&ctx, &repo, "t13").await?;
-    let mut push = ctx.raw.push_image(
-        &repo,
-        Some(PushImageOptions {
-            tag: Some("t13".into()),
-            ..Default::default()
-        }),
-        None,
-    );
-    while let Some(item) = push.next().await {
-        item?;
-    }
-    untag(&ctx, &reference).await;
-    assert!(!present(&ctx, &reference).await);
+    let reference = in_registry_only(&ctx, &format!("{registry}/esbt-dk/pre-pull"), "t13").await?;
 
     let rt = ctx.runtime().await?;
     let seen = std::sync::Mutex::new(Vec::new());
