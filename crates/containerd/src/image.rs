@@ -37,7 +37,7 @@ pub(crate) struct ImageStore {
     client: Client,
     snapshotter: String,
     registry: RegistrySettings,
-    oci: oci_client::Client,
+    registry_clients: pull::Registry,
     /// Scratch dir for layer downloads.
     tmp_dir: PathBuf,
     /// One lock per reference, so concurrent ensures share one pull.
@@ -53,12 +53,12 @@ impl ImageStore {
         registry: RegistrySettings,
         tmp_dir: PathBuf,
     ) -> Result<Self, RuntimeError> {
-        let oci = pull::registry_client(&registry)?;
+        let registry_clients = pull::registry_client(&registry)?;
         Ok(Self {
             client,
             snapshotter,
             registry,
-            oci,
+            registry_clients,
             tmp_dir,
             locks: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),

@@ -1,6 +1,6 @@
 //! Review M1 on real containerd: a hostile registry (a loopback HTTP server of this test) that
-//! declares huge blobs, sends more than it declared, never ends a blob or trickles it, and a
-//! reference to a registry outside the allow-list. Every Ensure fails with a clean code
+//! declares huge blobs, sends more than it declared, never ends a manifest or a blob or trickles
+//! it, and a reference to a registry outside the allow-list. Every Ensure fails with a clean code
 //! (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, INVALID_ARGUMENT), no scratch file stays in
 //! `state/tmp`, nothing is left in containerd, and the disallowed registry is never contacted.
 
@@ -41,6 +41,8 @@ enum Blob {
 struct Registry {
     /// Path → (content type, body) for manifests.
     manifests: HashMap<String, Vec<u8>>,
+    /// Path → declared Content-Length (None: no length) of manifests that never end.
+    endless_manifests: HashMap<String, Option<u64>>,
     blobs: HashMap<String, Blob>,
     blob_requests: AtomicUsize,
     connections: AtomicUsize,
@@ -106,6 +108,16 @@ async fn conn(reg: Arc<Registry>, mut s: TcpStream) {
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
                 .await;
             continue;
+        }
+        if let Some(declared) = reg.endless_manifests.get(&path) {
+            let length = declared.map_or_else(String::new, |n| format!("content-length: {n}\r\n"));
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\nconnection: close\r\n{length}\r\n{{\"schemaVersion\":2,\"x\":\""
+            );
+            let _ = s.write_all(h.as_bytes()).await;
+            let spaces = vec![b' '; 64 * 1024];
+            while s.write_all(&spaces).await.is_ok() {}
+            return;
         }
         if let Some(m) = reg.manifests.get(&path) {
             let h = format!(
@@ -222,6 +234,14 @@ async fn a_hostile_registry_cannot_exhaust_memory_disk_or_time() {
         ),
         Some((fake_layer, 1 << 20, Blob::Trickle)),
     );
+    // Manifests without end, with no length and with a declared 1 GiB: oci-client read a
+    // manifest whole, so this filled memory until the pull deadline.
+    reg.endless_manifests
+        .insert("/v2/evil/endlessmanifest/manifests/latest".into(), None);
+    reg.endless_manifests.insert(
+        "/v2/evil/hugemanifest/manifests/latest".into(),
+        Some(1 << 30),
+    );
     let reg = Arc::new(reg);
     let addr = serve(reg.clone()).await;
     // A registry nobody may name: it must never see a connection.
@@ -261,6 +281,16 @@ async fn a_hostile_registry_cannot_exhaust_memory_disk_or_time() {
         "{}",
         e.chain()
     );
+
+    for image in ["evil/endlessmanifest", "evil/hugemanifest"] {
+        let (e, took) = ensure(image.into()).await;
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{}", e.chain());
+        assert!(e.message().contains("manifest"), "{}", e.chain());
+        assert!(
+            took < Duration::from_secs(2),
+            "stopped at the cap, not the deadline: {took:?}"
+        );
+    }
 
     let (e, _) = ensure("evil/bigconfig".into()).await;
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{}", e.chain());

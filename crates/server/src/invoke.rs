@@ -319,3 +319,41 @@ fn build_request(addr: SocketAddr, call: InvokeCall) -> http::Request<Full<Bytes
     }
     req
 }
+
+/// Reads `raw` as a worker's answer to one invocation, the way the proxy does (hyper's HTTP/1
+/// client with the proxy's settings, then the body read bounded by `limit`). For the fuzz
+/// target (`fuzz/`) and its corpus test: any input ends in a reply or a clean error.
+#[doc(hidden)]
+pub async fn parse_worker_response(raw: &[u8], limit: u64) -> Result<InvokeReply, ApiError> {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (client, mut worker) = tokio::io::duplex(64 * 1024);
+    let raw = raw.to_vec();
+    let worker = tokio::spawn(async move {
+        // Like a worker: the whole request first, then the answer, then EOF.
+        let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+        while !seen.ends_with(b"\r\n\r\n{}") {
+            match worker.read(&mut buf).await {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = worker.write_all(&raw).await;
+        let _ = worker.shutdown().await;
+    });
+    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("handshake: {e}")))?;
+    let driver = tokio::spawn(driver);
+    let req = http::Request::post("/2015-03-31/functions/function/invocations")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let out = match sender.send_request(req).await {
+        Ok(resp) => response::read(resp, limit).await,
+        Err(e) => Err(ApiError::Unavailable(format!("worker answer: {e}"))),
+    };
+    driver.abort();
+    worker.abort();
+    out
+}

@@ -23,4 +23,5 @@ mod api {
     pub mod tls_reload;
     pub mod worker;
     pub mod worker_logs;
+    pub mod worker_response;
 }

@@ -10,6 +10,7 @@ use containerd_client::types::Descriptor;
 use esb_runtime::settings::RegistrySettings;
 use esb_runtime::{ErrorKind, PullProgress, PullSink, RuntimeError};
 use oci_client::Reference;
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -22,9 +23,17 @@ use super::content::{self, Source};
 use super::oci::{self, Parsed};
 use crate::client::status_err;
 
-/// Builds the registry client per settings (P3-1): plain HTTP when insecure, else HTTPS with
+/// The two HTTP clients of a pull: oci-client for auth and blobs, and a plain one for the
+/// manifest, which oci-client would read whole (an endless manifest would fill memory).
+pub(crate) struct Registry {
+    pub(crate) oci: oci_client::Client,
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+/// Builds the registry clients per settings (P3-1): plain HTTP when insecure, else HTTPS with
 /// the configured CA (added to, or replacing, the system roots).
-pub(crate) fn registry_client(s: &RegistrySettings) -> Result<oci_client::Client, RuntimeError> {
+pub(crate) fn registry_client(s: &RegistrySettings) -> Result<Registry, RuntimeError> {
     // reqwest panics without a process-wide provider; a second install is a harmless no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = ClientConfig {
@@ -33,10 +42,16 @@ pub(crate) fn registry_client(s: &RegistrySettings) -> Result<oci_client::Client
         } else {
             ClientProtocol::Https
         },
-        connect_timeout: Some(Duration::from_secs(5)),
-        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     };
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(config.user_agent)
+        // Redirects carry no credentials of ours; registries redirect blobs, not manifests.
+        .redirect(reqwest::redirect::Policy::limited(3));
     if let Some(path) = &s.ca_path {
         let data = std::fs::read(path).map_err(|e| {
             RuntimeError::invalid_argument(format!("cannot read registry CA {}", path.display()))
@@ -46,13 +61,144 @@ pub(crate) fn registry_client(s: &RegistrySettings) -> Result<oci_client::Client
             encoding: CertificateEncoding::Pem,
             data,
         };
+        let roots = vec![reqwest::Certificate::try_from(&cert).map_err(|e| {
+            RuntimeError::invalid_argument(format!("bad registry CA {}", path.display()))
+                .with_source(e)
+        })?];
         if s.ca_only {
             config.tls_certs_only = vec![cert];
+            http = http.tls_certs_only(roots);
         } else {
             config.extra_root_certificates = vec![cert];
+            http = http.tls_certs_merge(roots);
         }
     }
-    Ok(oci_client::Client::new(config))
+    let http = http
+        .build()
+        .map_err(|e| RuntimeError::internal("building the registry client").with_source(e))?;
+    Ok(Registry {
+        oci: oci_client::Client::new(config),
+        http,
+        scheme: if s.insecure { "http" } else { "https" },
+    })
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// GETs a manifest or index, reading at most [`MAX_CONFIG_BYTES`], and returns it with its
+/// digest (the one pinned by the reference, else the one computed; a `Docker-Content-Digest`
+/// that disagrees fails the pull).
+async fn fetch_manifest(
+    reg: &Registry,
+    reference: &Reference,
+) -> Result<(Vec<u8>, String), RuntimeError> {
+    let name = reference.whole();
+    // Anonymous pulls may still need a bearer token (the registry's 401 challenge); an error
+    // here shows up again, named, on the GET below.
+    let token = reg
+        .oci
+        .auth(reference, &RegistryAuth::Anonymous, RegistryOperation::Pull)
+        .await
+        .ok()
+        .flatten();
+    let url = format!(
+        "{}://{}/v2/{}/manifests/{}",
+        reg.scheme,
+        reference.resolve_registry(),
+        reference.repository(),
+        reference
+            .digest()
+            .or_else(|| reference.tag())
+            .unwrap_or("latest")
+    );
+    let mut req = reg
+        .http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, oci::ACCEPTED.join(", "));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let unreachable = |e: reqwest::Error| {
+        RuntimeError::unavailable(format!("registry unreachable for {name}")).with_source(e)
+    };
+    let mut res = req.send().await.map_err(unreachable)?;
+    let status = res.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(RuntimeError::new(
+            ErrorKind::ImageNotFound,
+            format!("image {name} not found in the registry"),
+        ));
+    }
+    if status.is_server_error() {
+        return Err(RuntimeError::unavailable(format!(
+            "registry answered {status} for {name}"
+        )));
+    }
+    if !status.is_success() {
+        // A registry error envelope names MANIFEST_UNKNOWN / NAME_UNKNOWN as 4xx too.
+        let body = read_capped(&mut res, 64 << 10).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("MANIFEST_UNKNOWN") || text.contains("NAME_UNKNOWN") {
+            return Err(RuntimeError::new(
+                ErrorKind::ImageNotFound,
+                format!("image {name} not found in the registry"),
+            ));
+        }
+        return Err(RuntimeError::internal(format!(
+            "pulling {name} failed: registry answered {status}"
+        )));
+    }
+    let header_digest = res
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if res.content_length().is_some_and(|n| n > MAX_CONFIG_BYTES) {
+        return Err(manifest_too_large(&name));
+    }
+    let bytes = read_capped(&mut res, MAX_CONFIG_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadErr::Over => manifest_too_large(&name),
+            ReadErr::Io(e) => unreachable(e),
+        })?;
+    let got = oci::sha256_digest(&bytes);
+    for want in [reference.digest(), header_digest.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        if want.starts_with("sha256:") && want != got {
+            return Err(RuntimeError::internal(format!(
+                "{name}: manifest digest mismatch: expected {want}, got {got}"
+            )));
+        }
+    }
+    Ok((bytes, got))
+}
+
+fn manifest_too_large(name: &str) -> RuntimeError {
+    RuntimeError::resource_exhausted(format!(
+        "{name}: manifest over the {MAX_CONFIG_BYTES}-byte limit"
+    ))
+}
+
+/// Why [`read_capped`] stopped.
+enum ReadErr {
+    Over,
+    Io(reqwest::Error),
+}
+
+/// Reads a response body of at most `max` bytes.
+async fn read_capped(res: &mut reqwest::Response, max: u64) -> Result<Vec<u8>, ReadErr> {
+    let mut out = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(ReadErr::Io)? {
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(ReadErr::Over);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Pulls `reference`; when the registry's manifest equals `local`'s, nothing is written.
@@ -65,12 +211,7 @@ pub(super) async fn pull(
     progress: &PullSink<'_>,
 ) -> Result<Descriptor, RuntimeError> {
     let name = reference.whole();
-    let auth = RegistryAuth::Anonymous;
-    let (mut bytes, mut digest) = store
-        .oci
-        .pull_manifest_raw(reference, &auth, oci::ACCEPTED)
-        .await
-        .map_err(|e| registry_err(&name, e))?;
+    let (mut bytes, mut digest) = fetch_manifest(&store.registry_clients, reference).await?;
     let mut parsed = oci::parse_manifest_or_index(&bytes)?;
     if let Parsed::Index(idx) = &parsed {
         let d = oci::pick_platform(idx)?;
@@ -79,11 +220,7 @@ pub(super) async fn pull(
             reference.repository().to_string(),
             d.digest.clone(),
         );
-        (bytes, digest) = store
-            .oci
-            .pull_manifest_raw(&by_digest, &auth, oci::ACCEPTED)
-            .await
-            .map_err(|e| registry_err(&name, e))?;
+        (bytes, digest) = fetch_manifest(&store.registry_clients, &by_digest).await?;
         parsed = oci::parse_manifest_or_index(&bytes)?;
     }
     let Parsed::Manifest(manifest) = parsed else {
@@ -99,6 +236,7 @@ pub(super) async fn pull(
 
     let mut config_bytes = Capped::new(Vec::new(), manifest.config.size as u64);
     let pulled = store
+        .registry_clients
         .oci
         .pull_blob(
             reference,
@@ -191,7 +329,7 @@ pub(super) async fn pull(
         lease,
         &digest,
         size,
-        Source::Bytes(bytes.to_vec()),
+        Source::Bytes(bytes),
         oci::manifest_labels(&manifest),
     )
     .await?;
@@ -368,7 +506,11 @@ async fn download(
         },
         size,
     );
-    let pulled = store.oci.pull_blob(reference, digest, &mut hashing).await;
+    let pulled = store
+        .registry_clients
+        .oci
+        .pull_blob(reference, digest, &mut hashing)
+        .await;
     hashing.check(&reference.whole(), "layer")?;
     pulled.map_err(|e| registry_err(&reference.whole(), e))?;
     let mut hashing = hashing.inner;

@@ -125,17 +125,19 @@ fn allow_list() {
     );
 }
 
-/// Seeds of the mutation fuzz below: the shapes references take in the wild.
-const CORPUS: &[&str] = &[
-    "busybox",
-    "library/busybox:1.36",
-    "registry:5010/esb/worker:latest",
-    "127.0.0.1:35000/a/b/c:v1.2-rc_3",
-    "localhost/w",
-    "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "r.io/x:t@sha512:00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
-    "a.b/c__d/e--f/g.h:tag",
-];
+/// Seeds of the mutation fuzz below: the corpus of the `image_ref` fuzz target
+/// (`fuzz/corpus/image_ref`), the shapes references take in the wild.
+fn corpus() -> Vec<String> {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/image_ref");
+    let mut seeds: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 8, "corpus went missing: {seeds:?}");
+    seeds
+}
 
 /// Mutation fuzz (deterministic, `ESB_FUZZ_SEED` to vary): 20 000 mutants of the corpus with
 /// the bytes that matter to the grammar. The parser never panics, and what it accepts is a
@@ -154,8 +156,9 @@ fn mutants_never_panic_and_accepted_references_are_fixed_points() {
     };
     const ALPHABET: &[u8] = b"aZ09.:/@_-+ \t\n\x00%?#\xc3\xa9sha256:";
     let (mut accepted, mut refused) = (0u32, 0u32);
+    let corpus = corpus();
     for _ in 0..20_000 {
-        let base = CORPUS[(next() % CORPUS.len() as u64) as usize];
+        let base = &corpus[(next() % corpus.len() as u64) as usize];
         let mut b = base.as_bytes().to_vec();
         for _ in 0..=(next() % 4) {
             let at = (next() % (b.len() as u64 + 1)) as usize;
