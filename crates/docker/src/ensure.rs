@@ -153,10 +153,14 @@ fn to_i64(v: u64) -> i64 {
 async fn build(
     inner: &Inner,
     name: &str,
-    body: ContainerCreateBody,
+    mut body: ContainerCreateBody,
     req: &EnsureRequest,
     image: &ImageRef,
 ) -> Result<Worker> {
+    if let Some(run_as) = inner.common.worker.run_as {
+        // Opt-in (AGENT_WORKER_USER): one image inspect more per Ensure.
+        body.user = forced_user(run_as, &image_user(inner, image).await?);
+    }
     let opts = CreateContainerOptions {
         name: Some(name.to_string()),
         ..Default::default()
@@ -213,6 +217,36 @@ async fn build(
             Err(e)
         }
     }
+}
+
+/// The image's configured `User` (pulled first when absent).
+async fn image_user(inner: &Inner, image: &ImageRef) -> Result<String> {
+    let inspected = match inner.docker.inspect_image(&image.full).await {
+        Err(e) if crate::error::is_not_found(&e) => {
+            let obs = inner.observer.get();
+            ensure_image(
+                &inner.docker,
+                &inner.pulls,
+                image,
+                &inner.common.registry,
+                obs,
+            )
+            .await?;
+            inner.docker.inspect_image(&image.full).await
+        }
+        other => other,
+    }
+    .map_err(|e| map(e, "inspect image", Subject::Image))?;
+    Ok(inspected.config.and_then(|c| c.user).unwrap_or_default())
+}
+
+/// `AGENT_WORKER_USER` in place of root (review H4): the `User` a container gets when the
+/// image's user part is empty, `root` or uid 0; `None` keeps the image's own. Docker resolves
+/// other names inside the image (a non-root name mapped to uid 0 is not detected here).
+fn forced_user((uid, gid): (u32, u32), image_user: &str) -> Option<String> {
+    let user = image_user.split(':').next().unwrap_or_default().trim();
+    let root = user.is_empty() || user == "root" || user.parse::<u32>() == Ok(0);
+    root.then(|| format!("{uid}:{gid}"))
 }
 
 fn is_no_such_image(e: &bollard::errors::Error) -> bool {
@@ -341,5 +375,29 @@ mod tests {
         );
         let nul = BTreeMap::from([("A".to_string(), "x\0y".to_string())]);
         assert!(validate_env(&nul).is_err());
+    }
+
+    #[test]
+    fn forced_user_replaces_root_only() {
+        let to = (1000, 1001);
+        for root in [
+            "",
+            "root",
+            "0",
+            "00",
+            "0:0",
+            "root:root",
+            "root:staff",
+            " 0 ",
+        ] {
+            assert_eq!(
+                forced_user(to, root).as_deref(),
+                Some("1000:1001"),
+                "{root:?}"
+            );
+        }
+        for other in ["1", "app", "app:app", "1000:0", "nobody", "65534"] {
+            assert_eq!(forced_user(to, other), None, "{other:?}");
+        }
     }
 }

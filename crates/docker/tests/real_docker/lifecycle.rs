@@ -258,3 +258,31 @@ async fn rapid_pause_resume_stays_consistent() -> anyhow::Result<()> {
     assert!(rt.destroy(&w.id).await?);
     Ok(())
 }
+
+/// Review H4: `AGENT_WORKER_USER` replaces root for an image that runs as root (the test
+/// worker's image sets no user): the worker runs as that uid:gid, without capabilities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_user_replaces_root() -> anyhow::Result<()> {
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let mut ctx = Ctx::new(env, 8).await?;
+    ctx.common.worker.run_as = Some((1000, 1000));
+    let rt = ctx.runtime().await?;
+    let w = rt.ensure(ctx.request("Forced User")).await?;
+    let status = esb_testkit::sandbox::worker_status(w.ip).await?;
+    assert_eq!((status.uid, status.gid), (1000, 1000), "{status:?}");
+    assert_eq!(status.cap_eff, 0, "a non-root worker has no capabilities");
+    assert_eq!(status.seccomp, 2, "Docker's default seccomp profile");
+    let c = ctx
+        .raw
+        .inspect_container(
+            &w.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?;
+    assert_eq!(c.config.and_then(|c| c.user).as_deref(), Some("1000:1000"));
+    assert!(rt.destroy(&w.id).await?);
+    assert!(ctx.containers().await?.is_empty());
+    Ok(())
+}
