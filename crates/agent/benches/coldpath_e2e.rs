@@ -7,8 +7,10 @@
 //! - Ensure → first InvokeWorker answered;
 //!
 //! each with `AGENT_ENSURE_READY_TIMEOUT=0` (answer when the process runs, the old behaviour)
-//! and with the default 2 s (answer when the worker accepts connections). The floor is the
-//! same agent's warm invoke (the worker already running).
+//! and with the default 2 s (answer when the worker accepts connections), and then the same
+//! with `AGENT_STANDBY_PER_SPEC=1`: every Ensure claims a standby (the pool refilled between
+//! Ensures, outside the figures). The floor is the same agent's warm invoke (the worker
+//! already running).
 //!
 //! Env: `BENCH_ENSURES` (cold starts per row, default 20), `BENCH_READY_FIRST=1` (run the
 //! ready-wait row first).
@@ -23,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use esb_proto::v1::agent_service_client::AgentServiceClient;
-use esb_proto::v1::{DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest};
+use esb_proto::v1::{
+    DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest,
+};
 use support::{Net, World};
 use tonic::transport::Channel;
 
@@ -145,6 +149,58 @@ async fn row(world: &World, ready_timeout: &str, n: usize) -> anyhow::Result<Row
     Ok(r)
 }
 
+/// Until the agent reports a ready standby (the refill after the last Ensure).
+async fn standby_ready(c: &mut AgentServiceClient<Channel>) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while c
+        .get_capabilities(GetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .standby_ready
+        == 0
+    {
+        assert!(Instant::now() < until, "no standby within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every Ensure of one spec claims a standby (`AGENT_STANDBY_PER_SPEC=1`, ready wait 2 s).
+async fn standby_row(world: &World, n: usize) -> anyhow::Result<Row> {
+    let mut agent = world.spawn_with(
+        "bench-coldpath-standby",
+        "destroy",
+        &[("AGENT_STANDBY_PER_SPEC", "1")],
+    );
+    let mut c = agent.client(Duration::from_secs(30)).await?;
+    let image = world.image.clone();
+    // Warm-up: the pull, and the first Ensure that seeds the pool.
+    let (id, _) = ensure(&mut c, &image, 0).await;
+    invoke(&mut c, &id).await;
+    destroy(&mut c, id).await;
+    let mut r = Row::default();
+    for _ in 0..n {
+        standby_ready(&mut c).await;
+        let t = Instant::now();
+        let (id, ip) = ensure(&mut c, &image, 0).await;
+        r.ensure.push(ms(t.elapsed()));
+        r.probe_retries += gateway_probe(ip).await;
+        r.gateway.push(ms(t.elapsed()));
+        destroy(&mut c, id).await;
+        standby_ready(&mut c).await;
+        let t = Instant::now();
+        let (id, _) = ensure(&mut c, &image, 0).await;
+        invoke(&mut c, &id).await;
+        r.first_invoke.push(ms(t.elapsed()));
+        let t = Instant::now();
+        invoke(&mut c, &id).await;
+        r.warm_invoke.push(ms(t.elapsed()));
+        destroy(&mut c, id).await;
+    }
+    agent.terminate(Duration::from_secs(20));
+    Ok(r)
+}
+
 async fn bench(world: &World) -> anyhow::Result<()> {
     let n = std::env::var("BENCH_ENSURES")
         .ok()
@@ -194,6 +250,38 @@ async fn bench(world: &World) -> anyhow::Result<()> {
         "Gateway probe retries (100 ms each): {} with the wait off, {} with it on.",
         off.probe_retries, on.probe_retries
     );
+    let mut sb = standby_row(world, n).await?;
+    println!();
+    println!("## Standby claim (`AGENT_STANDBY_PER_SPEC=1`, ready wait 2 s, {n} claims per row)");
+    println!();
+    println!("| | p50 ms | p90 ms | cold (ready wait 2 s) p50 ms |");
+    println!("|---|---|---|---|");
+    let claim = |name: &str, a: &mut Vec<f64>, cold: &mut Vec<f64>| {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            pct(a, 0.5),
+            pct(a, 0.9),
+            pct(cold, 0.5)
+        );
+    };
+    claim("Ensure (claim)", &mut sb.ensure, &mut on.ensure);
+    claim(
+        "gateway view (Ensure + TCP probe)",
+        &mut sb.gateway,
+        &mut on.gateway,
+    );
+    claim(
+        "Ensure → first invoke answered",
+        &mut sb.first_invoke,
+        &mut on.first_invoke,
+    );
+    claim(
+        "floor: warm invoke of the same worker",
+        &mut sb.warm_invoke,
+        &mut on.warm_invoke,
+    );
+    println!();
+    println!("Gateway probe retries after a claim: {}.", sb.probe_retries);
     Ok(())
 }
 

@@ -80,6 +80,7 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
         ensure_ready_timeout: Duration::ZERO,
         admission: Default::default(),
         conn: Default::default(),
+        standby: Default::default(),
     }
 }
 

@@ -174,6 +174,7 @@ fn settings(dir: &std::path::Path) -> ServerSettings {
         ensure_ready_timeout: Duration::ZERO,
         admission: Default::default(),
         conn: esb_server::ConnSettings::default(),
+        standby: Default::default(),
     }
 }
 

@@ -149,6 +149,22 @@ impl AgentService for Grpc {
     type PullImageStream =
         tokio_stream::wrappers::ReceiverStream<Result<v1::PullImageProgress, Status>>;
 
+    async fn set_standby(
+        &self,
+        request: Request<v1::SetStandbyRequest>,
+    ) -> Result<Response<v1::SetStandbyResponse>, Status> {
+        let ctx = ctx(&request);
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| crate::status::ApiError::InvalidArgument("spec is required".into()))?;
+        let req = convert::ensure_request(spec)?;
+        ctx.set_owner(&req.owner_id);
+        ctx.authorize(&req.owner_id)?;
+        let ready = self.core.set_standby(&req, r.count)?;
+        Ok(Response::new(v1::SetStandbyResponse { ready }))
+    }
+
     async fn pull_image(
         &self,
         request: Request<v1::PullImageRequest>,

@@ -21,6 +21,7 @@ mod rpc;
 mod serve;
 pub mod service;
 pub mod settings;
+pub mod standby;
 pub mod status;
 pub mod tls;
 pub mod workers;

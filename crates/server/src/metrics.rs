@@ -78,6 +78,9 @@ pub struct Metrics {
     gc_passes: Counter,
     gc_reclaimed: Counter,
     gc_released: Counter,
+    standby_claims: Family<OutcomeLabels, Counter>,
+    standby_ready: Gauge,
+    standby_refill_failures: Counter,
     process_rss: Gauge,
     process_fds: Gauge,
     process_cpu: Counter<f64, AtomicU64>,
@@ -181,6 +184,24 @@ impl Metrics {
             "Orphaned resources (IPs, netns, logs) released by GC and reconcile",
             gc_released.clone(),
         );
+        let standby_claims = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "esb_agent_standby_claims",
+            "Ensures of a spec with standbys wanted, by outcome (hit: a standby was claimed; miss: none was ready)",
+            standby_claims.clone(),
+        );
+        let standby_ready = Gauge::default();
+        registry.register(
+            "esb_agent_standby_workers",
+            "Standby workers ready to be claimed (hidden from the API until then)",
+            standby_ready.clone(),
+        );
+        let standby_refill_failures = Counter::default();
+        registry.register(
+            "esb_agent_standby_refill_failures",
+            "Standby creations that failed (admission, runtime, or the worker never listened)",
+            standby_refill_failures.clone(),
+        );
         let process_rss = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -216,6 +237,9 @@ impl Metrics {
             gc_passes,
             gc_reclaimed,
             gc_released,
+            standby_claims,
+            standby_ready,
+            standby_refill_failures,
             process_rss,
             process_fds,
             process_cpu,
@@ -266,6 +290,26 @@ impl Metrics {
         self.gc_passes.inc();
         self.gc_reclaimed.inc_by(removed_workers as u64);
         self.gc_released.inc_by(released);
+    }
+
+    pub fn standby_hit(&self) {
+        self.standby_claims
+            .get_or_create(&OutcomeLabels { outcome: "hit" })
+            .inc();
+    }
+
+    pub fn standby_miss(&self) {
+        self.standby_claims
+            .get_or_create(&OutcomeLabels { outcome: "miss" })
+            .inc();
+    }
+
+    pub fn standby_refill_failed(&self) {
+        self.standby_refill_failures.inc();
+    }
+
+    pub fn set_standby_ready(&self, n: i64) {
+        self.standby_ready.set(n);
     }
 
     /// Sets the workers gauge from `(state, count)` pairs; states absent are zero.

@@ -77,6 +77,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "GetCapabilities",
             "WorkerLogs",
             "PullImage",
+            "SetStandby",
         ],
     ),
     (HEALTH_SERVICE, &["Check", "Watch", "List"]),

@@ -87,13 +87,26 @@ pub async fn bind(
     let adopted = runtime.reconcile().await.map_err(ServerError::Reconcile)?;
     tracing::info!(workers = adopted.len(), "reconciled; adopting live workers");
     table.adopt(adopted);
+    let admission = Arc::new(Admission::new(settings.admission.clone()));
+    let standby = Arc::new(crate::standby::Standby::new(
+        settings.standby.clone(),
+        runtime.clone(),
+        table.clone(),
+        admission.clone(),
+        metrics.clone(),
+        settings.ensure_ready_timeout,
+        Some(&settings.state_dir),
+    ));
+    // Before serving: standbys of a previous run must never surface as the gateway's.
+    standby.remove_left_over().await;
     let core = Arc::new(Core {
         runtime: runtime.clone(),
         table,
         invoker: Invoker::new(settings.invoke.clone(), metrics.clone()),
         metrics,
         ready_timeout: settings.ensure_ready_timeout,
-        admission: Arc::new(Admission::new(settings.admission.clone())),
+        admission,
+        standby,
         facts: AgentFacts {
             agent_version: settings.agent_version.clone(),
             tls_enabled: !matches!(settings.tls, TlsSettings::Disabled),
@@ -290,6 +303,7 @@ async fn gc_loop(core: Arc<Core>, interval: Duration) {
             Ok(states) => core.table.refresh(&states, started),
             Err(e) => tracing::warn!(error = %e.chain(), "periodic worker listing failed"),
         }
+        core.standby.sweep();
         core.refresh_worker_gauge();
     }
 }

@@ -14,6 +14,7 @@ use crate::invoke::{InvokeReply, Invoker, NotInvocable, Outcome, ReportCell};
 use crate::metrics::{Metrics, ReadyOutcome};
 use crate::model::{InvokeCall, Listed, Target};
 use crate::ready::{self, ReadyFor};
+use crate::standby::Standby;
 use crate::status::ApiError;
 use crate::workers::{Entry, WorkerTable};
 
@@ -38,12 +39,22 @@ pub struct Core {
     /// `AGENT_ENSURE_READY_TIMEOUT`; zero = Ensure/Resume do not wait for the port.
     pub(crate) ready_timeout: Duration,
     pub(crate) admission: Arc<Admission>,
+    pub(crate) standby: Arc<Standby>,
 }
 
 impl Core {
     pub async fn ensure(&self, req: EnsureRequest) -> Result<Worker, ApiError> {
         let started = Instant::now();
         let memory = self.admission.memory_of(&req.env)?;
+        if let Some(worker) = self.standby.claim(&req).await {
+            // A standby was ready (listening) when pooled: nothing to wait for.
+            self.table.touch(&worker.id);
+            self.standby.note_ensure(&req);
+            tracing::info!(container_id = %worker.id, "ensure claimed a standby worker");
+            self.metrics.ensure_done(started.elapsed());
+            return Ok(worker);
+        }
+        let standby_req = req.clone();
         let ticket = self
             .admission
             .admit(&req.owner_id, memory, &self.table)
@@ -62,12 +73,29 @@ impl Core {
         let addr = std::net::SocketAddr::new(worker.ip, worker.port);
         self.await_ready(&worker.id, Some(addr), ReadyFor::Ensure)
             .await?;
+        self.standby.note_ensure(&standby_req);
         self.metrics.ensure_done(started.elapsed());
         Ok(worker)
     }
 
+    /// `SetStandby`: a fixed floor of standbys for `req`'s spec (0 clears it). Returns the
+    /// number ready now; the rest are created in the background.
+    pub fn set_standby(&self, req: &EnsureRequest, count: u32) -> Result<u32, ApiError> {
+        self.admission.memory_of(&req.env)?;
+        if count > 0 && self.standby.settings().max == 0 {
+            return Err(ApiError::FailedPrecondition(
+                "standby workers are off on this node (AGENT_STANDBY_MAX=0)".into(),
+            ));
+        }
+        self.standby.set(req, count)
+    }
+
     /// The entry of `t.container_id` if `t.owner_id` owns it; `Ok(None)` when unknown.
     async fn find_owned(&self, t: &Target) -> Result<Option<Arc<Entry>>, ApiError> {
+        // A standby is nobody's worker until an Ensure claims it.
+        if self.standby.is_hidden(&t.container_id) {
+            return Ok(None);
+        }
         let Some(entry) = self.table.lookup(&t.container_id).await? else {
             return Ok(None);
         };
@@ -242,7 +270,7 @@ impl Core {
         self.table.refresh(&states, started);
         Ok(states
             .into_iter()
-            .filter(|s| s.owner_id == owner_id)
+            .filter(|s| s.owner_id == owner_id && !self.standby.is_hidden(&s.id))
             .map(|mut s| {
                 // The exit event may be ahead of the daemon's own listing.
                 if self.table.status(&s.id) == Some(WorkerStatus::Stopped) {
@@ -419,12 +447,16 @@ impl Core {
             worker_memory_max_bytes: a.memory_max_bytes,
             max_workers_per_owner: cap(a.max_workers_per_owner),
             max_concurrent_ensures: a.max_concurrent_ensures as u64,
+            standby_max: self.standby.settings().max,
+            standby_per_spec: self.standby.settings().per_spec,
+            standby_ready: self.standby.usage().ready,
         }
     }
 
     /// Workers gauge, by state.
     pub fn refresh_worker_gauge(&self) {
-        let entries = self.table.entries();
+        let mut entries = self.table.entries();
+        entries.retain(|e| !self.standby.is_hidden(&e.id));
         let count = |s: WorkerStatus| entries.iter().filter(|e| e.status == s).count() as i64;
         self.metrics.set_workers(&[
             ("RUNNING", count(WorkerStatus::Running)),

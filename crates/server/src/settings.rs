@@ -104,6 +104,8 @@ pub struct ServerSettings {
     pub admission: AdmissionSettings,
     /// Connection and stream bounds of the listeners (H6).
     pub conn: ConnSettings,
+    /// Standby workers (`AGENT_STANDBY_*`).
+    pub standby: crate::standby::StandbySettings,
 }
 
 /// Bounds that hold before any authentication (security review H6, L6).

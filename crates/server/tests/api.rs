@@ -18,9 +18,11 @@ mod api {
     pub mod relist;
     pub mod report;
     pub mod service;
+    pub mod standby;
     pub mod tls;
     pub mod tls_owner;
     pub mod tls_reload;
+    pub mod upstream;
     pub mod worker;
     pub mod worker_logs;
     pub mod worker_response;

@@ -73,6 +73,10 @@ settings! {
     AGENT_MAX_WORKERS_PER_OWNER = "AGENT_MAX_WORKERS_PER_OWNER", "max-workers-per-owner", false, "Workers of one owner id: unlimited (default) or a number";
     AGENT_MEMORY_BUDGET = "AGENT_MEMORY_BUDGET", "memory-budget", false, "Sum of the workers' memory limits: auto (90% of host memory), unlimited, MiB or N%";
     AGENT_MAX_CONCURRENT_ENSURES = "AGENT_MAX_CONCURRENT_ENSURES", "max-concurrent-ensures", false, "Ensures running in the runtime at once; more wait in line (default 4 per CPU, 8 to 256)";
+    // standby workers
+    AGENT_STANDBY_PER_SPEC = "AGENT_STANDBY_PER_SPEC", "standby-per-spec", false, "Standby workers kept per spec after an Ensure (0 = off)";
+    AGENT_STANDBY_TTL = "AGENT_STANDBY_TTL", "standby-ttl", false, "A spec not ensured for this long loses its standby workers";
+    AGENT_STANDBY_MAX = "AGENT_STANDBY_MAX", "standby-max", false, "Standby workers on this node at most (0 = none, SetStandby refused)";
     AGENT_WORKER_LOG_MAX_BYTES = "AGENT_WORKER_LOG_MAX_BYTES", "worker-log-max-bytes", false, "Per-worker log bound on disk (live + rotated), bytes";
     // registry
     CONTAINER_REGISTRY = "CONTAINER_REGISTRY", "container-registry", false, "Registry for image references without a host";

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use esb_server::standby::StandbySettings;
 use esb_server::{
     ConnSettings, InvokeSettings, MutualTls, OwnerMap, ServerSettings, ShutdownPolicy, TlsSettings,
 };
@@ -141,6 +142,25 @@ pub fn load(
         // Filled in from the worker defaults and the host by `admission::load`.
         admission: Default::default(),
         conn: conn(v)?,
+        standby: standby(v)?,
+    })
+}
+
+/// `AGENT_STANDBY_*` (issue 9 §3).
+fn standby(v: &Vars<'_>) -> Result<StandbySettings, ConfigError> {
+    let d = StandbySettings::default();
+    let max = v.u64_in(env::AGENT_STANDBY_MAX, d.max.into(), 0, 4096)? as u32;
+    let per_spec = v.u64_in(env::AGENT_STANDBY_PER_SPEC, d.per_spec.into(), 0, 64)? as u32;
+    if per_spec > max {
+        return Err(ConfigError::new(
+            env::AGENT_STANDBY_PER_SPEC,
+            format!("{per_spec} is above AGENT_STANDBY_MAX ({max})"),
+        ));
+    }
+    Ok(StandbySettings {
+        per_spec,
+        ttl: v.duration(env::AGENT_STANDBY_TTL, d.ttl, Duration::from_secs(1))?,
+        max,
     })
 }
 

@@ -33,6 +33,7 @@ pub fn settings(state_dir: &std::path::Path) -> ServerSettings {
         ensure_ready_timeout: Duration::ZERO,
         admission: Default::default(),
         conn: esb_server::ConnSettings::default(),
+        standby: Default::default(),
     }
 }
 
