@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest,
+    DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest,
+    GetContainerMetricsRequest, InvokeWorkerRequest, PauseContainerRequest, ResumeContainerRequest,
 };
 use support::{Net, World};
 use tonic::transport::Channel;
@@ -46,6 +47,11 @@ struct Row {
     gateway: Vec<f64>,
     first_invoke: Vec<f64>,
     warm_invoke: Vec<f64>,
+    /// Resume of the paused worker, then an invoke: what a paused standby would add to a
+    /// claim (standby row only).
+    resume_invoke: Vec<f64>,
+    /// The claimed worker's memory while idle, bytes (standby row only).
+    idle_memory: Vec<f64>,
     probe_retries: u32,
 }
 
@@ -195,6 +201,30 @@ async fn standby_row(world: &World, n: usize) -> anyhow::Result<Row> {
         let t = Instant::now();
         invoke(&mut c, &id).await;
         r.warm_invoke.push(ms(t.elapsed()));
+        let m = c
+            .get_container_metrics(GetContainerMetricsRequest {
+                container_id: id.clone(),
+                owner_id: OWNER.into(),
+            })
+            .await?
+            .into_inner()
+            .metrics
+            .unwrap_or_default();
+        r.idle_memory.push(m.memory_current as f64);
+        // What keeping standbys paused would add to a claim: a resume before the invoke.
+        c.pause_container(PauseContainerRequest {
+            container_id: id.clone(),
+            owner_id: OWNER.into(),
+        })
+        .await?;
+        let t = Instant::now();
+        c.resume_container(ResumeContainerRequest {
+            container_id: id.clone(),
+            owner_id: OWNER.into(),
+        })
+        .await?;
+        invoke(&mut c, &id).await;
+        r.resume_invoke.push(ms(t.elapsed()));
         destroy(&mut c, id).await;
     }
     agent.terminate(Duration::from_secs(20));
@@ -280,8 +310,18 @@ async fn bench(world: &World) -> anyhow::Result<()> {
         &mut sb.warm_invoke,
         &mut on.warm_invoke,
     );
+    println!(
+        "| a paused standby instead: Resume + invoke | {:.1} | {:.1} | |",
+        pct(&mut sb.resume_invoke, 0.5),
+        pct(&mut sb.resume_invoke, 0.9)
+    );
     println!();
-    println!("Gateway probe retries after a claim: {}.", sb.probe_retries);
+    println!(
+        "Gateway probe retries after a claim: {}. An idle worker's memory (memory.current): \
+         p50 {:.1} MiB (what a standby holds, running or paused).",
+        sb.probe_retries,
+        pct(&mut sb.idle_memory, 0.5) / (1024.0 * 1024.0)
+    );
     Ok(())
 }
 

@@ -176,3 +176,60 @@ async fn pre_pull_reports_progress_and_is_shared_with_ensure() -> anyhow::Result
     untag(&ctx, &reference).await;
     Ok(())
 }
+
+/// Review M1 on dockerd: a registry of the test's own trickles a layer one byte per 100 ms.
+/// The Ensure ends at `IMAGE_PULL_TIMEOUT` with DEADLINE_EXCEEDED (dockerd bounds blob sizes
+/// itself, not time) and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_registry_ends_at_the_pull_deadline() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use esb_runtime::settings::RegistrySettings;
+    use esb_testkit::registry::{Blob, Registry, add_image, serve};
+
+    let Some(env) = esb_testkit::docker() else {
+        return Ok(());
+    };
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]},"config":{}}"#.to_vec();
+    let mut reg = Registry::default();
+    add_image(
+        &mut reg,
+        "evil/slow",
+        (config.clone(), config.len() as i64, Blob::Bytes(config)),
+        Some((format!("sha256:{}", "1".repeat(64)), 1 << 20, Blob::Trickle)),
+    );
+    let reg = Arc::new(reg);
+    let host = serve(reg.clone()).await.to_string();
+    let mut ctx = Ctx::new(env, 14).await?;
+    ctx.common.registry = RegistrySettings {
+        default_registry: host.clone(),
+        insecure: true,
+        allowed: RegistrySettings::only_default(&host),
+        pull_timeout: Duration::from_secs(2),
+        ..ctx.common.registry.clone()
+    };
+    let rt = ctx.runtime().await?;
+    let mut req = ctx.request("slow");
+    req.image = format!("{host}/evil/slow:latest");
+    let t = Instant::now();
+    let e = rt
+        .ensure(req)
+        .await
+        .expect_err("a trickling registry must fail");
+    let took = t.elapsed();
+    println!(
+        "trickling registry: {:?} after {took:?}: {}",
+        e.kind(),
+        e.chain()
+    );
+    assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{}", e.chain());
+    assert!(e.message().contains("IMAGE_PULL_TIMEOUT"), "{}", e.chain());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        reg.blob_requests.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "dockerd reached the blobs"
+    );
+    assert!(ctx.containers().await?.is_empty());
+    Ok(())
+}
