@@ -270,6 +270,22 @@ async fn measure(
             direct_rps.push(rps);
         }
     }
+    // Floor of the ratio: the same 16 callers on the same channel doing bare tonic unary
+    // round trips (no worker behind them).
+    let floor_deadline = Instant::now() + Duration::from_secs(secs);
+    let ch = c.clone();
+    let floor_rps = throughput(workers.len(), move |_| {
+        let mut c = ch.clone();
+        async move {
+            let mut n = 0u64;
+            while Instant::now() < floor_deadline {
+                c.get_capabilities(GetCapabilitiesRequest {}).await?;
+                n += 1;
+            }
+            Ok(n)
+        }
+    })
+    .await?;
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (ar, dr) = (avg(&agent_rps), avg(&direct_rps));
     println!();
@@ -306,6 +322,8 @@ async fn measure(
     println!("| via agent (one channel) | {ar:.0} |");
     println!("| direct | {dr:.0} |");
     println!("| **agent / direct** | **{:.2}** |", ar / dr);
+    println!("| floor: bare tonic unary, same callers and channel, {secs} s | {floor_rps:.0} |");
+    println!("| floor / direct | {:.2} |", floor_rps / dr);
     Ok(())
 }
 
