@@ -197,14 +197,7 @@ async fn burst(world: &World, max_workers: &str, expect_workers: usize) {
             .success;
         assert!(ok);
     }
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     let left = world.leftovers();
     assert!(left.is_empty(), "leftovers: {left:?}");
 }

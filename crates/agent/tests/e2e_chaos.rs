@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, ListContainersRequest,
-    WorkerInfo,
+    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, WorkerInfo,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -87,16 +86,7 @@ async fn invoke(c: &mut Client, id: &str) -> Result<i32, tonic::Status> {
 }
 
 async fn list(c: &mut Client) -> Vec<String> {
-    c.list_containers(ListContainersRequest {
-        owner_id: OWNER.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-    .into_iter()
-    .map(|s| s.container_id)
-    .collect()
+    esb_testkit::agent::listed_ids(c, OWNER).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,14 +233,7 @@ async fn containerd_restart_under_load() {
     }
     assert!(last.is_empty(), "left after destroy + GC passes: {last:?}");
     assert!(list(&mut c).await.is_empty());
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     let left = world.leftovers();
     assert!(left.is_empty(), "left after the agent stopped: {left:?}");
     drop(world);

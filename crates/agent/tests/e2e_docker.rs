@@ -374,14 +374,7 @@ async fn agent_binary_docker_mtls_token() {
     assert!(metrics.contains("grpc_server_handled_total"), "{metrics}");
     assert!(metrics.contains("InvokeWorker"), "{metrics}");
 
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     assert!(
         cleanup.ours().is_empty(),
         "leftover containers: {:?}",

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, ListContainersRequest,
-    WorkerInfo,
+    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, WorkerInfo,
 };
 use esb_testkit::agent::AgentProcess;
 use tonic::Code;
@@ -195,16 +194,7 @@ async fn invoke(c: &mut Client, id: &str) -> Result<i32, tonic::Status> {
 }
 
 async fn list(c: &mut Client) -> Vec<String> {
-    c.list_containers(ListContainersRequest {
-        owner_id: OWNER.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-    .into_iter()
-    .map(|s| s.container_id)
-    .collect()
+    esb_testkit::agent::listed_ids(c, OWNER).await
 }
 
 /// The agent's firewall rules for our bridge (the destroy policy removes them at stop).
@@ -364,14 +354,7 @@ async fn dockerd_restart_under_load() {
     })
     .await;
     assert!(left.is_empty());
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     assert!(firewall_rules().is_empty(), "{:?}", firewall_rules());
     drop(dockerd);
     let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")

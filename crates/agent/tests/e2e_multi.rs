@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, ListContainersRequest,
-    WorkerInfo,
+    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, WorkerInfo,
 };
 use esb_testkit::agent::AgentProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,16 +78,10 @@ async fn invoke(c: &mut Client, id: &str) -> Result<i32, tonic::Status> {
 }
 
 async fn list(c: &mut Client) -> BTreeSet<String> {
-    c.list_containers(ListContainersRequest {
-        owner_id: OWNER.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-    .into_iter()
-    .map(|s| s.container_id)
-    .collect()
+    esb_testkit::agent::listed_ids(c, OWNER)
+        .await
+        .into_iter()
+        .collect()
 }
 
 async fn destroy(c: &mut Client, id: &str) {

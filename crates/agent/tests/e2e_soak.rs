@@ -180,14 +180,7 @@ async fn soak_ensure_invoke_destroy_stays_flat() {
         base.threads,
         end.threads
     );
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     let left = world.leftovers();
     assert!(left.is_empty(), "leftovers: {left:?}");
 }
@@ -288,14 +281,7 @@ async fn memory_of_large_requests_is_given_back() {
             .success;
         assert!(ok);
     }
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     let left = world.leftovers();
     assert!(left.is_empty(), "leftovers: {left:?}");
 }

@@ -3,7 +3,8 @@
 //! created and listening but invisible to List; the next Ensure of the spec claims it (its
 //! first invoke answers at once; the claim latency is printed) and the pool refills; an agent
 //! restart destroys the standbys before serving (only the gateway's workers stay); a spec not
-//! ensured for the TTL loses its standby; the destroy policy leaves nothing.
+//! ensured for the TTL loses its standby; the destroy policy leaves nothing; 16 parallel
+//! Ensures never put more than `AGENT_STANDBY_MAX` standbys on the node.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::HashMap;
@@ -12,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest, ListContainersRequest,
-    WorkerInfo,
+    EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest, WorkerInfo,
 };
 use esb_testkit::agent::AgentProcess;
 use tonic::transport::Channel;
@@ -42,7 +42,7 @@ type Client = AgentServiceClient<Channel>;
 /// The runtime's own view of this test's workers (ids), and how to start the agent.
 trait Backend {
     fn worker_ids(&self) -> Vec<String>;
-    fn spawn(&self, name: &str, policy: &str) -> AgentProcess;
+    fn spawn(&self, name: &str, policy: &str, extra: &[(&str, &str)]) -> AgentProcess;
     fn standby_file(&self) -> String;
 }
 
@@ -52,8 +52,10 @@ impl Backend for Containerd<'_> {
     fn worker_ids(&self) -> Vec<String> {
         self.0.ctr(&["containers", "ls", "-q"])
     }
-    fn spawn(&self, name: &str, policy: &str) -> AgentProcess {
-        self.0.spawn_with(name, policy, &STANDBY)
+    fn spawn(&self, name: &str, policy: &str, extra: &[(&str, &str)]) -> AgentProcess {
+        let mut env = STANDBY.to_vec();
+        env.extend_from_slice(extra);
+        self.0.spawn_with(name, policy, &env)
     }
     fn standby_file(&self) -> String {
         std::fs::read_to_string(format!("{}/standby.json", self.0.path("state")))
@@ -83,7 +85,7 @@ impl Backend for Docker {
     fn standby_file(&self) -> String {
         std::fs::read_to_string(self.state.path().join("standby.json")).unwrap_or_default()
     }
-    fn spawn(&self, name: &str, policy: &str) -> AgentProcess {
+    fn spawn(&self, name: &str, policy: &str, extra: &[(&str, &str)]) -> AgentProcess {
         let state = self.state.path().to_str().unwrap();
         let mut env = vec![
             ("AGENT_RUNTIME", "docker"),
@@ -96,6 +98,7 @@ impl Backend for Docker {
             ("AGENT_SHUTDOWN_POLICY", policy),
         ];
         env.extend_from_slice(&STANDBY);
+        env.extend_from_slice(extra);
         AgentProcess::spawn(
             std::path::Path::new(env!("CARGO_BIN_EXE_esb-agent")),
             name,
@@ -106,8 +109,12 @@ impl Backend for Docker {
 }
 
 async fn ensure(c: &mut Client, image: &str) -> WorkerInfo {
+    ensure_fn(c, image, "standby-fn").await
+}
+
+async fn ensure_fn(c: &mut Client, image: &str, function: &str) -> WorkerInfo {
     c.ensure_container(EnsureContainerRequest {
-        function_name: "standby-fn".into(),
+        function_name: function.into(),
         image: image.into(),
         env: HashMap::from([("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "128".into())]),
         owner_id: OWNER.into(),
@@ -118,19 +125,7 @@ async fn ensure(c: &mut Client, image: &str) -> WorkerInfo {
 }
 
 async fn listed(c: &mut Client) -> Vec<String> {
-    let mut ids: Vec<String> = c
-        .list_containers(ListContainersRequest {
-            owner_id: OWNER.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|s| s.container_id)
-        .collect();
-    ids.sort();
-    ids
+    esb_testkit::agent::listed_ids(c, OWNER).await
 }
 
 async fn wait_standbys(c: &Client, n: u32) {
@@ -171,7 +166,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 async fn scenario(b: &dyn Backend, image: &str, label: &str) {
-    let mut agent = b.spawn(&format!("e2e-standby-{label}"), "keep");
+    let mut agent = b.spawn(&format!("e2e-standby-{label}"), "keep", &[]);
     let mut c = agent.client(Duration::from_secs(30)).await.unwrap();
 
     // 1. An Ensure leaves one standby behind it, invisible to List.
@@ -201,14 +196,7 @@ async fn scenario(b: &dyn Backend, image: &str, label: &str) {
     assert_eq!(b.worker_ids().len(), 3);
 
     // 3. A restart (keep policy) destroys the standby before serving.
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     assert_eq!(
         b.worker_ids().len(),
         3,
@@ -225,7 +213,7 @@ async fn scenario(b: &dyn Backend, image: &str, label: &str) {
         ),
         "the file lists the ready standby"
     );
-    let mut agent = b.spawn(&format!("e2e-standby-{label}-2"), "destroy");
+    let mut agent = b.spawn(&format!("e2e-standby-{label}-2"), "destroy", &[]);
     let mut c = agent.client(Duration::from_secs(30)).await.unwrap();
     let kept = sorted(vec![first.id.clone(), second.id.clone()]);
     // The first answer comes once the agent serves (the TCP connect does not wait for that).
@@ -252,6 +240,52 @@ async fn scenario(b: &dyn Backend, image: &str, label: &str) {
         std::future::ready(b.worker_ids().is_empty().then_some(()))
     })
     .await;
+
+    // 6. 16 parallel Ensures over 8 specs: the pool never holds more than AGENT_STANDBY_MAX.
+    let mut agent = b.spawn(
+        &format!("e2e-standby-{label}-3"),
+        "destroy",
+        &[("AGENT_STANDBY_MAX", "3")],
+    );
+    let c = agent.client(Duration::from_secs(30)).await.unwrap();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let (mut c, image) = (c.clone(), image.to_string());
+            tokio::spawn(async move { ensure_fn(&mut c, &image, &format!("cap-{}", i % 8)).await })
+        })
+        .collect();
+    let mut most = 0;
+    while calls.iter().any(|t| !t.is_finished()) {
+        most = most.max(standby_count(&c).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in calls {
+        t.await.unwrap();
+    }
+    wait_standbys(&c, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(standby_count(&c).await, 3);
+    assert!(most <= 3, "{most} standbys at once");
+    let mut lc = c.clone();
+    assert_eq!(listed(&mut lc).await.len(), 16);
+    assert_eq!(
+        b.worker_ids().len(),
+        16 + 3,
+        "16 workers and 3 standbys, no more"
+    );
+    assert!(agent.terminate(Duration::from_secs(30)).is_some());
+    esb_testkit::eventually("no worker left", Duration::from_secs(30), || {
+        std::future::ready(b.worker_ids().is_empty().then_some(()))
+    })
+    .await;
+}
+
+async fn standby_count(c: &Client) -> u32 {
+    c.clone()
+        .get_capabilities(GetCapabilitiesRequest {})
+        .await
+        .map(|r| r.into_inner().standby_ready)
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, ListContainersRequest,
-    WorkerInfo,
+    DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest, WorkerInfo,
 };
 use tonic::transport::Channel;
 
@@ -65,16 +64,7 @@ async fn invoke(c: &mut Client, id: &str) -> Result<i32, tonic::Status> {
 }
 
 async fn list(c: &mut Client) -> Vec<String> {
-    c.list_containers(ListContainersRequest {
-        owner_id: OWNER.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-    .into_iter()
-    .map(|s| s.container_id)
-    .collect()
+    esb_testkit::agent::listed_ids(c, OWNER).await
 }
 
 async fn destroy(c: &mut Client, id: &str) {
@@ -162,14 +152,7 @@ async fn full_then_read_only_state_dir_fails_clearly_and_recovers() {
         destroy(&mut c, id).await;
     }
     eventually_only(&world, &[], &[]).await;
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
 
     // Read-only (a busy state dir cannot be remounted, so this is a start on a read-only one):
     // the agent refuses to start with a line naming the cause, then starts once it is writable.
@@ -188,14 +171,7 @@ async fn full_then_read_only_state_dir_fails_clearly_and_recovers() {
     assert_eq!(invoke(&mut c, &w3.id).await.unwrap(), 200);
     destroy(&mut c, &w3.id).await;
     eventually_only(&world, &[], &[]).await;
-    assert_eq!(
-        agent
-            .terminate(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.stop_cleanly();
     let mut left = world.leftovers();
     left.retain(|l| !l.ends_with("/state"));
     assert!(left.is_empty(), "leftovers: {left:?}");

@@ -110,6 +110,20 @@ impl AgentProcess {
         self.child.wait().ok()
     }
 
+    /// Stops the agent (SIGTERM, 30 s) and panics with its log tail unless it exited 0: the
+    /// end of every end-to-end test that stops its agent cleanly.
+    pub fn stop_cleanly(&mut self) {
+        let code = self
+            .terminate(Duration::from_secs(30))
+            .and_then(|s| s.code());
+        assert_eq!(
+            code,
+            Some(0),
+            "agent exit; log tail:\n{}",
+            self.log_tail(20)
+        );
+    }
+
     /// Waits up to `timeout` for the agent to exit on its own (e.g. refusing to start);
     /// `None` if it is still running then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
@@ -147,4 +161,20 @@ impl Drop for AgentProcess {
             );
         }
     }
+}
+
+/// The sorted ids `owner`'s ListContainers returns (panics on an RPC error: for tests).
+pub async fn listed_ids(c: &mut AgentServiceClient<Channel>, owner: &str) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .list_containers(esb_proto::v1::ListContainersRequest {
+            owner_id: owner.into(),
+        })
+        .await
+        .map(|r| r.into_inner().containers)
+        .unwrap_or_else(|s| panic!("ListContainers: {s:?}"))
+        .into_iter()
+        .map(|s| s.container_id)
+        .collect();
+    ids.sort();
+    ids
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use esb_proto::v1::agent_service_client::AgentServiceClient;
 use esb_proto::v1::{
     DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest,
-    GetContainerMetricsRequest, InvokeWorkerRequest, ListContainersRequest, SetStandbyRequest,
+    GetContainerMetricsRequest, InvokeWorkerRequest, SetStandbyRequest,
 };
 use esb_runtime::WorkerStatus;
 use esb_runtime::fake::FakeRuntime;
@@ -39,16 +39,7 @@ fn per_spec(n: u32, max: u32) -> impl FnOnce(&mut esb_server::ServerSettings) {
 }
 
 async fn listed(c: &mut AgentServiceClient<Channel>, owner: &str) -> Vec<String> {
-    c.list_containers(ListContainersRequest {
-        owner_id: owner.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-    .into_iter()
-    .map(|s| s.container_id)
-    .collect()
+    esb_testkit::agent::listed_ids(c, owner).await
 }
 
 async fn standby_ready(c: &mut AgentServiceClient<Channel>) -> u32 {
