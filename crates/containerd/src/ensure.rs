@@ -14,7 +14,7 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, StartRequest,
 };
 use containerd_client::types::Mount;
-use esb_runtime::names::{validate_function_name, worker_name};
+use esb_runtime::names::worker_name;
 use esb_runtime::{EnsureRequest, RuntimeError, WORKER_PORT, Worker};
 use prost_types::Any;
 use tokio::sync::oneshot;
@@ -29,14 +29,8 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 const UNDO_DEADLINE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker, RuntimeError> {
-    validate_function_name(&req.function_name)?;
-    if req.owner_id.trim().is_empty() {
-        return Err(RuntimeError::invalid_argument("owner_id is required"));
-    }
-    if req.image.trim().is_empty() {
-        return Err(RuntimeError::invalid_argument("image is required"));
-    }
-    validate_env(&req.env)?;
+    // The shared rules (the server checked them too; a direct caller may not have).
+    req.validate()?;
     // A bad reference, or one to a registry that is not allowed, must fail before the network
     // is attached (review L1, M1).
     inner.common.registry.resolve(&req.image)?;
@@ -75,24 +69,6 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     }.instrument(span));
     rx.await
         .map_err(|_| RuntimeError::internal("ensure task ended without a result"))?
-}
-
-/// Env names must be non-empty without `=` or NUL; values without NUL (values are never
-/// echoed in errors: they may be secrets).
-fn validate_env(env: &BTreeMap<String, String>) -> Result<(), RuntimeError> {
-    for (k, v) in env {
-        if k.is_empty() || k.contains(['=', '\0']) {
-            return Err(RuntimeError::invalid_argument(format!(
-                "invalid env name {k:?}"
-            )));
-        }
-        if v.contains('\0') {
-            return Err(RuntimeError::invalid_argument(format!(
-                "env value of {k:?} contains a NUL byte"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// What has been created so far (for compensation).
@@ -511,17 +487,5 @@ mod tests {
         assert!(is_shim_start_race(&shutdown));
         let other = tonic::Status::unknown("failed to create shim task: OCI runtime create failed");
         assert!(!is_shim_start_race(&other));
-    }
-
-    #[test]
-    fn env_names_and_values_are_checked() {
-        let ok = BTreeMap::from([("A".to_string(), "x=y".to_string())]);
-        assert!(validate_env(&ok).is_ok());
-        for (k, v) in [("", "1"), ("A=B", "1"), ("A\0", "1"), ("A", "bad\0")] {
-            let env = BTreeMap::from([(k.to_string(), v.to_string())]);
-            let e = validate_env(&env).expect_err(k);
-            assert_eq!(e.kind(), esb_runtime::ErrorKind::InvalidArgument);
-            assert!(!e.message().contains("bad"), "values are not echoed");
-        }
     }
 }

@@ -255,9 +255,4 @@ pub(crate) fn unix(ts: Option<&prost_types::Timestamp>) -> i64 {
     ts.map_or(0, |t| t.seconds)
 }
 
-/// Unix seconds now.
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(crate) use esb_runtime::clock::unix_now as now_unix;

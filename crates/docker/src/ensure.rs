@@ -3,10 +3,10 @@
 //! dropped caller cannot leave a half-built worker: any failure — or a caller gone by the
 //! time the worker is ready — removes the container.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use bollard::models::{
@@ -14,6 +14,7 @@ use bollard::models::{
     HostConfigLogConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions};
+use esb_runtime::clock::unix_now as now;
 use esb_runtime::names::worker_name;
 use esb_runtime::report;
 use esb_runtime::settings::PullPolicy;
@@ -37,7 +38,8 @@ pub(crate) const DROPPED_CAPS: [&str; 3] = ["NET_RAW", "MKNOD", "SETFCAP"];
 const LOG_FILES: u64 = 2;
 
 pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Worker> {
-    validate_env(&req.env)?;
+    // The shared rules (the server checked them too; a direct caller may not have).
+    req.validate()?;
     let image = ImageRef::resolve(&req.image, &inner.common.registry)?;
     let policy = inner.common.registry.pull_policy;
     if policy == PullPolicy::Always {
@@ -76,23 +78,6 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
 
 fn lock_in_flight(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
     inner.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
-    for (k, v) in env {
-        // Names are safe to show; values never are.
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(RuntimeError::invalid_argument(format!(
-                "invalid env variable name {k:?}"
-            )));
-        }
-        if v.contains('\0') {
-            return Err(RuntimeError::invalid_argument(format!(
-                "env variable {k} has a NUL byte in its value"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The container definition (SPEC §9, §10: limits, no restart, no-new-privileges, bounded logs).
@@ -352,30 +337,9 @@ async fn wait_address(inner: &Inner, id: &str) -> Result<(IpAddr, i64)> {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_names_are_checked_without_showing_values() {
-        let ok = BTreeMap::from([("A".to_string(), "secret".to_string())]);
-        assert!(validate_env(&ok).is_ok());
-        let bad = BTreeMap::from([("A=B".to_string(), "secret".to_string())]);
-        let err = validate_env(&bad).err();
-        assert!(
-            err.as_ref()
-                .is_some_and(|e| !e.message().contains("secret"))
-        );
-        let nul = BTreeMap::from([("A".to_string(), "x\0y".to_string())]);
-        assert!(validate_env(&nul).is_err());
-    }
 
     #[test]
     fn forced_user_replaces_root_only() {

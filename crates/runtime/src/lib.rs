@@ -3,6 +3,7 @@
 //! network, subnet), worker names and labels, the settings backends are built from, and the
 //! [`Observer`] through which backends report phase timings, pulls and rollbacks.
 
+pub mod clock;
 pub mod error;
 pub mod events;
 pub mod fsutil;
@@ -11,6 +12,7 @@ pub mod image_ref;
 pub mod names;
 pub mod observe;
 pub mod report;
+pub mod request;
 pub mod saga;
 pub mod settings;
 pub mod status;

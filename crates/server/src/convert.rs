@@ -15,15 +15,9 @@ use crate::status::ApiError;
 
 /// Longest accepted container id / owner id, bytes.
 pub const MAX_ID_BYTES: usize = 256;
-/// Longest accepted image reference, bytes.
-pub const MAX_IMAGE_BYTES: usize = 4096;
-/// Most env entries per worker.
-pub const MAX_ENV_ENTRIES: usize = 1024;
-/// Largest total env size (keys + values), bytes.
-pub const MAX_ENV_BYTES: usize = 256 * 1024;
-/// Largest single env entry as execve sees it (`KEY=VALUE\0`): Linux refuses longer strings
-/// (MAX_ARG_STRLEN, 32 pages) with E2BIG, so the worker would be created but never run (L2).
-pub const MAX_ENV_ENTRY_BYTES: usize = 128 * 1024;
+pub use esb_runtime::request::{
+    MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_IMAGE_BYTES,
+};
 /// Most headers per invocation.
 pub const MAX_HEADERS: usize = 128;
 /// Largest total header size (names + values), bytes.
@@ -103,60 +97,12 @@ pub fn ensure_request(req: v1::EnsureContainerRequest) -> Result<EnsureRequest, 
 
 /// An image reference as a request carries it: trimmed, non-empty, bounded, one token.
 pub fn image(raw: &str) -> Result<String, ApiError> {
-    let image = raw.trim();
-    if image.is_empty() {
-        return Err(ApiError::InvalidArgument("image is required".into()));
-    }
-    if image.len() > MAX_IMAGE_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "image is too long ({} bytes, max {MAX_IMAGE_BYTES})",
-            image.len()
-        )));
-    }
-    if image.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::InvalidArgument(
-            "image contains whitespace or control characters".into(),
-        ));
-    }
-    Ok(image.to_owned())
+    Ok(esb_runtime::request::image(raw)?.to_owned())
 }
 
+/// The env rules shared with the backends (`esb_runtime::request::env`).
 fn env(map: HashMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
-    if map.len() > MAX_ENV_ENTRIES {
-        return Err(ApiError::TooLarge(format!(
-            "env has too many entries ({}, max {MAX_ENV_ENTRIES})",
-            map.len()
-        )));
-    }
-    let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if total > MAX_ENV_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "env is too large ({total} bytes, max {MAX_ENV_BYTES})"
-        )));
-    }
-    for (k, v) in &map {
-        // Names only (never values: they are secrets).
-        if k.is_empty() || k.contains('=') || has_control(k) {
-            return Err(ApiError::InvalidArgument(format!(
-                "invalid env name {:?}: must be non-empty, without '=' or control characters",
-                truncate(k)
-            )));
-        }
-        // Sizes only (never values).
-        if k.len() + v.len() + 2 > MAX_ENV_ENTRY_BYTES {
-            return Err(ApiError::InvalidArgument(format!(
-                "env entry {:?} is too large ({} bytes, max {MAX_ENV_ENTRY_BYTES} including the name)",
-                truncate(k),
-                k.len() + v.len() + 2
-            )));
-        }
-        if v.contains('\0') {
-            return Err(ApiError::InvalidArgument(format!(
-                "env value of {:?} contains a NUL byte",
-                truncate(k)
-            )));
-        }
-    }
+    esb_runtime::request::env(map.iter())?;
     Ok(map.into_iter().collect())
 }
 

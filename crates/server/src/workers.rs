@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use esb_runtime::{
     Runtime, RuntimeError, WORKER_PORT, Worker, WorkerEvent, WorkerEventKind, WorkerState,
@@ -80,13 +80,7 @@ pub struct WorkerTable {
     dirty: AtomicBool,
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use esb_runtime::clock::unix_now;
 
 impl WorkerTable {
     /// A table persisting to `state_dir/last-used.json` (`None`: memory only), loading any
