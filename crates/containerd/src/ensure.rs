@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::client::status_err;
 use crate::spec::{self, SpecInput};
-use crate::{Inner, destroy, lease, rootfs};
+use crate::{Inner, destroy, lease, rootfs, teardown};
 
 /// Lease lifetime if the agent dies mid-ensure (containerd then collects the rest).
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -293,7 +293,7 @@ async fn workload(
 
     let log = crate::log_writer::uri(
         &inner.cd.log_writer,
-        &log_path(inner, id),
+        &inner.log_path(id),
         inner.common.worker_log_max_bytes,
     );
     // The agent's workers share one runc shim (`io.containerd.runc.v2.group`). When the
@@ -385,18 +385,13 @@ impl Phases {
     }
 }
 
-/// The per-worker log file (stdout and stderr, appended by the log writer).
-pub(crate) fn log_path(inner: &Inner, id: &str) -> PathBuf {
-    inner.logs_dir.join(format!("{id}.log"))
-}
-
 /// Undoes the created parts, newest first; each step is best effort.
 async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
     if done.task {
-        destroy::stop_and_delete_task(inner, id).await;
+        teardown::stop_and_delete_task(inner, id).await;
     }
     if done.container {
-        destroy::delete_container(inner, id).await;
+        teardown::delete_container(inner, id).await;
     }
     if done.network
         && let Err(e) = inner.cni.detach(id).await
@@ -404,9 +399,9 @@ async fn undo(inner: &Arc<Inner>, id: &str, done: &Done) {
         tracing::warn!(container_id = %id, error = %e, "cni detach during rollback failed; reconcile retries");
     }
     if done.snapshot {
-        destroy::remove_snapshot(inner, id).await;
+        teardown::remove_snapshot(inner, id).await;
     }
-    crate::logs::remove(&log_path(inner, id));
+    crate::logs::remove(&inner.log_path(id));
 }
 
 /// Numeric `uid:gid`, or names looked up in the image's `/etc/passwd` and `/etc/group`,

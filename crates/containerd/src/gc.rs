@@ -144,7 +144,7 @@ async fn orphan_snapshots(inner: &Inner, keep: &HashSet<String>) -> Result<u64, 
         if crate::list::get_container(inner, &key).await?.is_some() {
             continue;
         }
-        destroy::remove_snapshot(inner, &key).await;
+        crate::teardown::remove_snapshot(inner, &key).await;
         released += 1;
     }
     Ok(released)

@@ -18,6 +18,7 @@ mod pause;
 mod rootfs;
 mod seccomp;
 mod spec;
+mod teardown;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The per-worker log file (stdout and stderr, appended by the log writer).
+    pub(crate) fn log_path(&self, id: &str) -> std::path::PathBuf {
+        self.logs_dir.join(format!("{id}.log"))
+    }
+
     /// Reports the current number of IPAM reservations (journaled CNI attachments).
     fn report_ipam(&self) {
         match self.cni.attachment_count() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use esb_runtime::RuntimeError;
 
 use crate::log_writer::{pos_path, rotated_path};
-use crate::{Inner, ensure::log_path, io_err};
+use crate::{Inner, io_err};
 
 /// Attempts at a consistent view while the writer is rotating (a rotation is a few syscalls;
 /// after a few quick retries each waits [`RETRY_PAUSE`]: at most ~20 ms in all).
@@ -47,7 +47,7 @@ fn checked_path(inner: &Inner, id: &str) -> Result<PathBuf, RuntimeError> {
             "bad container id {id:?}"
         )));
     }
-    Ok(log_path(inner, id))
+    Ok(inner.log_path(id))
 }
 
 /// One generation: its file and the absolute offset of its first byte.
