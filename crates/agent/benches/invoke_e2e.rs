@@ -7,7 +7,8 @@
 //! - 16 callers over 16 workers: req/s through the agent vs direct, ABBA phases.
 //!
 //! Env: `BENCH_CALLS` (1-caller calls per side, default 5000), `BENCH_SECS` (seconds per
-//! 16-caller phase, default 3).
+//! 16-caller phase, default 3), `BENCH_AGENT_LOG_LEVEL` (the agent's `AGENT_LOG_LEVEL`, default
+//! `info`; `warn` turns the per-RPC spans and log lines off: the span A/B).
 
 #![allow(clippy::unwrap_used)] // the shared test world panics as its failure report
 
@@ -161,7 +162,13 @@ where
 async fn bench(world: &World) -> anyhow::Result<()> {
     let calls = env_usize("BENCH_CALLS", 5000);
     let secs = env_usize("BENCH_SECS", 3) as u64;
-    let mut agent = world.spawn("bench-invoke-e2e", "destroy");
+    let level = std::env::var("BENCH_AGENT_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let mut agent = world.spawn_with(
+        "bench-invoke-e2e",
+        "destroy",
+        &[("AGENT_LOG_LEVEL", level.as_str())],
+    );
+    println!("agent log level: {level}");
     let mut c = agent.client(Duration::from_secs(30)).await?;
     let mut workers = Vec::new();
     for i in 0..WORKERS {
