@@ -43,14 +43,7 @@ pub(crate) async fn ensure(inner: &Arc<Inner>, req: EnsureRequest) -> Result<Wor
     let image = ImageRef::resolve(&req.image, &inner.common.registry)?;
     let policy = inner.common.registry.pull_policy;
     if policy == PullPolicy::Always {
-        ensure_image(
-            &inner.docker,
-            &inner.pulls,
-            &image,
-            &inner.common.registry,
-            inner.observer.get(),
-        )
-        .await?;
+        pull(inner, &image).await?;
     }
 
     let name = worker_name(&inner.common.identity, &req.function_name);
@@ -159,14 +152,7 @@ async fn build(
         .await;
     let created = match first {
         Err(e) if is_no_such_image(&e) => {
-            ensure_image(
-                &inner.docker,
-                &inner.pulls,
-                image,
-                &inner.common.registry,
-                obs,
-            )
-            .await?;
+            pull(inner, image).await?;
             t = Instant::now();
             inner.docker.create_container(Some(opts), body).await
         }
@@ -204,19 +190,23 @@ async fn build(
     }
 }
 
+/// Makes `image` present per the pull policy (one shared pull per reference).
+async fn pull(inner: &Inner, image: &ImageRef) -> Result<()> {
+    ensure_image(
+        &inner.docker,
+        &inner.pulls,
+        image,
+        &inner.common.registry,
+        inner.observer.get(),
+    )
+    .await
+}
+
 /// The image's configured `User` (pulled first when absent).
 async fn image_user(inner: &Inner, image: &ImageRef) -> Result<String> {
     let inspected = match inner.docker.inspect_image(&image.full).await {
         Err(e) if crate::error::is_not_found(&e) => {
-            let obs = inner.observer.get();
-            ensure_image(
-                &inner.docker,
-                &inner.pulls,
-                image,
-                &inner.common.registry,
-                obs,
-            )
-            .await?;
+            pull(inner, image).await?;
             inner.docker.inspect_image(&image.full).await
         }
         other => other,
