@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use esb_proto::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest,
-    ListContainersRequest,
+    EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest, ListContainersRequest,
 };
 use tonic::Code;
 
@@ -185,17 +184,7 @@ async fn burst(world: &World, max_workers: &str, expect_workers: usize) {
 
     for id in ids.iter().chain(std::iter::once(&mine.id)) {
         let owner = if *id == mine.id { CALM } else { OWNER };
-        let ok = calm
-            .destroy_container(DestroyContainerRequest {
-                function_name: String::new(),
-                container_id: id.clone(),
-                owner_id: owner.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .success;
-        assert!(ok);
+        esb_testkit::agent::destroy_ok(&mut calm, id, owner).await;
     }
     agent.stop_cleanly();
     let left = world.leftovers();

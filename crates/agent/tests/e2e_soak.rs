@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
-use esb_proto::v1::{DestroyContainerRequest, EnsureContainerRequest, InvokeWorkerRequest};
+use esb_proto::v1::{EnsureContainerRequest, InvokeWorkerRequest};
 use tonic::transport::Channel;
 
 #[path = "support/world.rs"]
@@ -76,30 +76,8 @@ async fn cycle(mut c: AgentServiceClient<Channel>, image: String, n: usize) {
         .await
         .unwrap()
         .into_inner();
-    let r = c
-        .invoke_worker(InvokeWorkerRequest {
-            container_id: w.id.clone(),
-            path: String::new(),
-            payload: b"{}".to_vec(),
-            headers: Default::default(),
-            timeout_ms: 10_000,
-            owner_id: OWNER.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.status_code, 200);
-    let ok = c
-        .destroy_container(DestroyContainerRequest {
-            function_name: String::new(),
-            container_id: w.id,
-            owner_id: OWNER.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .success;
-    assert!(ok);
+    esb_testkit::agent::invoke_ok(&mut c, &w.id, OWNER).await;
+    esb_testkit::agent::destroy_ok(&mut c, &w.id, OWNER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,18 +246,7 @@ async fn memory_of_large_requests_is_given_back() {
         after.saturating_sub(before)
     );
     for id in ids {
-        let ok = c
-            .clone()
-            .destroy_container(DestroyContainerRequest {
-                function_name: String::new(),
-                container_id: id,
-                owner_id: OWNER.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .success;
-        assert!(ok);
+        esb_testkit::agent::destroy_ok(&mut c.clone(), &id, OWNER).await;
     }
     agent.stop_cleanly();
     let left = world.leftovers();

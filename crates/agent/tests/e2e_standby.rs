@@ -12,9 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use esb_proto::v1::agent_service_client::AgentServiceClient;
-use esb_proto::v1::{
-    EnsureContainerRequest, GetCapabilitiesRequest, InvokeWorkerRequest, WorkerInfo,
-};
+use esb_proto::v1::{EnsureContainerRequest, GetCapabilitiesRequest, WorkerInfo};
 use esb_testkit::agent::AgentProcess;
 use tonic::transport::Channel;
 
@@ -145,19 +143,7 @@ async fn wait_standbys(c: &Client, n: u32) {
 }
 
 async fn invoke_ok(c: &mut Client, id: &str) {
-    let r = c
-        .invoke_worker(InvokeWorkerRequest {
-            container_id: id.into(),
-            path: String::new(),
-            payload: b"{}".to_vec(),
-            headers: Default::default(),
-            timeout_ms: 10_000,
-            owner_id: OWNER.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.status_code, 200);
+    esb_testkit::agent::invoke_ok(c, id, OWNER).await;
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

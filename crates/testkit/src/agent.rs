@@ -178,3 +178,35 @@ pub async fn listed_ids(c: &mut AgentServiceClient<Channel>, owner: &str) -> Vec
     ids.sort();
     ids
 }
+
+/// Invokes `id` with `{}` (10 s) and panics unless the worker answered 200.
+pub async fn invoke_ok(c: &mut AgentServiceClient<Channel>, id: &str, owner: &str) {
+    let r = c
+        .invoke_worker(esb_proto::v1::InvokeWorkerRequest {
+            container_id: id.into(),
+            path: String::new(),
+            payload: b"{}".to_vec(),
+            headers: Default::default(),
+            timeout_ms: 10_000,
+            owner_id: owner.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("InvokeWorker {id}: {s:?}"))
+        .into_inner();
+    assert_eq!(r.status_code, 200, "InvokeWorker {id}");
+}
+
+/// Destroys `id` and panics unless the agent answered `success`.
+pub async fn destroy_ok(c: &mut AgentServiceClient<Channel>, id: &str, owner: &str) {
+    let ok = c
+        .destroy_container(esb_proto::v1::DestroyContainerRequest {
+            function_name: String::new(),
+            container_id: id.into(),
+            owner_id: owner.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("DestroyContainer {id}: {s:?}"))
+        .into_inner()
+        .success;
+    assert!(ok, "DestroyContainer {id}");
+}
