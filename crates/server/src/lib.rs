@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod authz;
 pub mod convert;
+mod drain;
 pub mod error;
 mod events;
 mod grpc;

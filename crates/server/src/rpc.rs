@@ -12,6 +12,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::authz::Peer;
+use crate::drain::{Guard, GuardedBody, InFlight};
 use crate::metrics::Metrics;
 use crate::model::Target;
 use crate::status::ApiError;
@@ -147,15 +148,25 @@ fn token_matches(expected: &[u8], got: &[u8]) -> bool {
 pub struct RpcLayer {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl RpcLayer {
-    pub fn new(metrics: Arc<Metrics>, token: Option<String>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, token: Option<String>, in_flight: Arc<InFlight>) -> Self {
         Self {
             metrics,
             token: token.filter(|t| !t.is_empty()).map(Arc::from),
+            in_flight,
         }
     }
+}
+
+/// Streams a client may keep open for as long as it likes: a shutdown does not wait for them.
+fn open_ended(service: &str, method: &str) -> bool {
+    matches!(
+        (service, method),
+        (HEALTH_SERVICE, "Watch") | (esb_proto::SERVICE_NAME, "WorkerLogs")
+    ) || service.starts_with("grpc.reflection.")
 }
 
 impl<S> Layer<S> for RpcLayer {
@@ -258,9 +269,10 @@ where
     S: Service<http::Request<ReqB>, Response = http::Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqB: Send + 'static,
-    ResB: Default + Send + 'static,
+    ResB: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    ResB::Error: Into<tonic::codegen::StdError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -286,6 +298,11 @@ where
             ..RpcContext::default()
         });
         req.extensions_mut().insert(ctx.clone());
+        let guard = if open_ended(service, method) {
+            Guard::none()
+        } else {
+            self.layer.in_flight.enter()
+        };
         let mut finish = Finish {
             metrics: self.layer.metrics.clone(),
             service,
@@ -307,6 +324,7 @@ where
                 let resp = Status::unauthenticated("missing or invalid bearer token").into_http();
                 return Box::pin(async move {
                     drop(finish);
+                    drop(guard);
                     Ok(resp)
                 });
             }
@@ -320,7 +338,8 @@ where
                     Ok(resp) => response_code(resp),
                     Err(_) => tonic::Code::Unknown as i32,
                 });
-                res
+                // The RPC stays in flight (for the drain) until its body has been sent.
+                res.map(|resp| resp.map(|b| tonic::body::Body::new(GuardedBody::new(b, guard))))
             }
             .instrument(span),
         )

@@ -16,6 +16,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admission::Admission;
+use crate::drain::InFlight;
 use crate::error::ServerError;
 use crate::grpc::Grpc;
 use crate::invoke::Invoker;
@@ -176,6 +177,7 @@ impl BoundServer {
         .max_encoding_message_size(s.max_response_bytes);
         let (refl_v1, refl_v1alpha) = reflection(s.reflection);
         let c = &s.conn;
+        let in_flight = Arc::new(InFlight::default());
         let router = Server::builder()
             .max_concurrent_streams(c.max_concurrent_streams)
             .http2_keepalive_interval(c.keepalive_interval)
@@ -183,6 +185,7 @@ impl BoundServer {
             .layer(RpcLayer::new(
                 self.core.metrics.clone(),
                 s.auth_token.clone(),
+                in_flight.clone(),
             ))
             .layer(crate::invoke::ReportLayer)
             .add_service(health::CappedHealth::server(
@@ -224,13 +227,7 @@ impl BoundServer {
                     t.abort();
                 }
                 let _ = stop_tx.send(());
-                match tokio::time::timeout(s.drain_timeout, &mut serve).await {
-                    Ok(res) => res.map_err(ServerError::Serve),
-                    Err(_) => {
-                        tracing::warn!(timeout = ?s.drain_timeout, "drain timed out; dropping remaining RPCs");
-                        Ok(())
-                    }
-                }
+                drain(&mut serve, &in_flight, s.drain_timeout).await
             }
         };
         drop(serve);
@@ -247,6 +244,39 @@ impl BoundServer {
             destroy_all(&self.core).await;
         }
         result
+    }
+}
+
+/// How long connections may take to close on their own once no RPC is in flight: a
+/// responsive client answers the GOAWAY within a round trip.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits, within `bound`, for the RPCs in flight to finish and the connections to close.
+/// Connections still open once nothing is in flight (open-ended streams, a client that does
+/// not answer the GOAWAY) are closed after [`CLOSE_GRACE`] rather than at the bound.
+async fn drain(
+    serve: &mut (impl Future<Output = Result<(), tonic::transport::Error>> + Unpin),
+    in_flight: &InFlight,
+    bound: Duration,
+) -> Result<(), ServerError> {
+    let deadline = tokio::time::Instant::now() + bound;
+    tokio::select! {
+        res = &mut *serve => return res.map_err(ServerError::Serve),
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(timeout = ?bound, in_flight = in_flight.count(), "drain timed out; dropping remaining RPCs");
+            return Ok(());
+        }
+        () = in_flight.idle() => {}
+    }
+    let grace = tokio::time::Instant::now() + CLOSE_GRACE;
+    match tokio::time::timeout_at(grace.min(deadline), &mut *serve).await {
+        Ok(res) => res.map_err(ServerError::Serve),
+        Err(_) => {
+            tracing::info!(
+                "no RPC in flight; closing the connections still open (open-ended streams, clients that did not answer the GOAWAY)"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -87,6 +87,79 @@ async fn shutdown_drains_in_flight_rpcs() {
     );
 }
 
+/// A shutdown waits for the RPCs in flight, not for open-ended streams nor for a connection
+/// whose client stopped answering (it would otherwise hold every restart for the drain bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_rpcs_not_for_open_streams_or_frozen_clients() {
+    let worker = super::worker::Worker::start().await;
+    let rt = Arc::new(FakeRuntime::new());
+    rt.set_worker_port(worker.addr.port());
+    let agent = Agent::start_with(rt, |s| {
+        s.drain_timeout = std::time::Duration::from_secs(20);
+    })
+    .await;
+    let id = super::service::ensure(&agent, OWNER).await.id;
+    // A health watch held open.
+    let mut h = HealthClient::new(agent.channel().await);
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    // A client that stops answering: the only thread of its runtime sleeps with the channel
+    // open, so nothing acknowledges the server's GOAWAY.
+    let addr = agent.addr;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let frozen = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = rt.block_on(async move {
+            let mut c =
+                v1::agent_service_client::AgentServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+            c.get_capabilities(v1::GetCapabilitiesRequest::default())
+                .await
+                .unwrap();
+            c
+        });
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        drop(c);
+    });
+    ready_rx.await.unwrap();
+    // An invocation in flight is still answered.
+    let mut c = agent.client().await;
+    let call = tokio::spawn(async move {
+        c.invoke_worker(v1::InvokeWorkerRequest {
+            container_id: id,
+            owner_id: OWNER.into(),
+            payload: br#"{"sleep_ms": 600}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    agent.stop().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(call.await.unwrap().unwrap().into_inner().status_code, 200);
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "the drain waited for the invocation: {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the drain waited for the watch or the frozen client: {took:?}"
+    );
+    frozen.join().unwrap();
+}
+
 async fn list_services(agent: &Agent) -> Result<Vec<String>, tonic::Status> {
     let mut c = ServerReflectionClient::new(agent.channel().await);
     let req = ServerReflectionRequest {
@@ -316,7 +389,7 @@ async fn health_is_not_serving_once_shutdown_begins() {
         .unwrap()
         .unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
-    // The open watch stream does not hold shutdown beyond the drain bound.
+    // The open watch stream does not hold shutdown (open-ended streams are not drained).
     tokio::time::timeout(std::time::Duration::from_secs(5), stopping)
         .await
         .expect("shutdown within the drain bound")
