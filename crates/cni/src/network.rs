@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use esb_runtime::settings::CniSettings;
+use crate::CniSettings;
+use esb_runtime::keyed::KeyedLocks;
 use serde_json::Value;
-use tokio::sync::{OwnedMutexGuard, oneshot};
+use tokio::sync::oneshot;
 
 use crate::chain::{self, Target};
 use crate::error::CniError;
@@ -40,7 +41,7 @@ struct Inner {
     /// When this process journaled each attachment (reconcile's grace period).
     attached_at: Mutex<HashMap<String, std::time::Instant>>,
     /// Per-container-id locks; presence also marks an operation in flight (reconcile skips it).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks,
 }
 
 impl std::fmt::Debug for CniNetwork {
@@ -52,28 +53,7 @@ impl std::fmt::Debug for CniNetwork {
     }
 }
 
-/// Holds a container id's lock; removes the map entry when nobody else waits for it.
-struct IdLock {
-    inner: Arc<Inner>,
-    id: String,
-    _guard: OwnedMutexGuard<()>,
-}
-
-impl Drop for IdLock {
-    fn drop(&mut self) {
-        let mut map = self.inner.lock_map();
-        // Ours: the map's Arc plus the guard's; more means someone is waiting.
-        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            map.remove(&self.id);
-        }
-    }
-}
-
 impl Inner {
-    fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn attached_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
         self.attached_at.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -87,7 +67,7 @@ impl Inner {
     }
 
     fn busy(&self, id: &str) -> bool {
-        self.lock_map().contains_key(id)
+        self.locks.busy(id)
     }
 
     fn pin_path(&self, id: &str) -> PathBuf {
@@ -96,19 +76,6 @@ impl Inner {
 
     fn ipam_dir(&self) -> PathBuf {
         self.settings.net_dir.join(&self.settings.network_name)
-    }
-}
-
-async fn lock_id(inner: &Arc<Inner>, id: &str) -> IdLock {
-    let m = inner
-        .lock_map()
-        .entry(id.to_string())
-        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-        .clone();
-    IdLock {
-        inner: inner.clone(),
-        id: id.to_string(),
-        _guard: m.lock_owned().await,
     }
 }
 
@@ -181,7 +148,7 @@ impl CniNetwork {
                 netns_dir: cni_dir.join("netns"),
                 pool: Arc::new(NetnsPool::new(cni_dir.join("pool"), NETNS_POOL_SIZE)),
                 attached_at: Mutex::new(HashMap::new()),
-                locks: Mutex::new(HashMap::new()),
+                locks: KeyedLocks::default(),
             }),
         })
     }
@@ -273,7 +240,7 @@ impl CniNetwork {
         let inner = self.inner.clone();
         let id = container_id.to_string();
         detached(async move {
-            let _lock = lock_id(&inner, &id).await;
+            let _lock = inner.locks.lock(&id).await;
             attach_locked(&inner, &id, pinned).await
         })
         .await
@@ -288,7 +255,7 @@ impl CniNetwork {
         let inner = self.inner.clone();
         let id = container_id.to_string();
         detached(async move {
-            let _lock = lock_id(&inner, &id).await;
+            let _lock = inner.locks.lock(&id).await;
             detach_locked(&inner, &id).await
         })
         .await

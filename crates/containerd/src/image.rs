@@ -9,10 +9,11 @@ mod unpack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 
 use containerd_client::services::v1::GetImageRequest;
 use containerd_client::types::Descriptor;
+use esb_runtime::keyed::KeyedLocks;
 use esb_runtime::settings::{PullPolicy, RegistrySettings};
 use esb_runtime::{Observer, PullOutcome, PullSink, RuntimeError};
 use oci_client::Reference;
@@ -41,7 +42,7 @@ pub(crate) struct ImageStore {
     /// Scratch dir for layer downloads.
     tmp_dir: PathBuf,
     /// One lock per reference, so concurrent ensures share one pull.
-    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks,
     /// Resolved images by name (valid while the record's target digest is unchanged).
     cache: Mutex<HashMap<String, ImageInfo>>,
 }
@@ -60,7 +61,7 @@ impl ImageStore {
             registry,
             registry_clients,
             tmp_dir,
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -112,8 +113,7 @@ impl ImageStore {
         {
             return Ok(hit);
         }
-        let lock = self.lock_for(&name);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(&name).await;
         let local = self.local(&name).await?;
         let was_local = local.as_ref().map(|t| t.digest.clone());
         let target = match (self.registry.pull_policy, local) {
@@ -157,20 +157,6 @@ impl ImageStore {
             .get(name)
             .filter(|i| i.manifest_digest == digest)
             .cloned()
-    }
-
-    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = match self.locks.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        locks.retain(|_, w| w.strong_count() > 0);
-        if let Some(l) = locks.get(name).and_then(Weak::upgrade) {
-            return l;
-        }
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        locks.insert(name.to_string(), Arc::downgrade(&l));
-        l
     }
 
     /// The image record's target, `None` on NotFound; any other error fails (P3-3).

@@ -3,11 +3,12 @@
 //! one shared pull per reference at a time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::CreateImageOptions;
+use esb_runtime::keyed::KeyedLocks;
 use esb_runtime::settings::{PullPolicy, RegistrySettings};
 use esb_runtime::{Observer, Phase, PullOutcome, PullProgress, PullSink, Result, RuntimeError};
 use futures::StreamExt;
@@ -42,19 +43,9 @@ impl ImageRef {
     }
 }
 
-/// Serialises pulls per reference; remembers when the last successful pull finished so a
-/// caller that waited behind it reuses its result instead of pulling again.
-#[derive(Default)]
-pub(crate) struct PullLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
-}
-
-impl PullLocks {
-    fn entry(&self, reference: &str) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(reference.to_string()).or_default().clone()
-    }
-}
+/// Serialises pulls per reference; the state remembers when the last successful pull
+/// finished, so a caller that waited behind it reuses its result instead of pulling again.
+pub(crate) type PullLocks = KeyedLocks<Option<Instant>>;
 
 /// Makes `image` available locally according to `policy`; reports the `pull` phase and
 /// the outcome to `obs`.
@@ -98,8 +89,7 @@ async fn resolve(
 ) -> Result<PullOutcome> {
     let (policy, pull_timeout) = (registry.pull_policy, registry.pull_timeout);
     let asked = Instant::now();
-    let entry = locks.entry(&image.full);
-    let mut last_pull = entry.lock().await;
+    let mut last_pull = locks.lock(&image.full).await;
     if last_pull.is_some_and(|done| done >= asked) {
         // A pull that finished while we waited serves us too.
         return Ok(PullOutcome::Cached);

@@ -9,6 +9,7 @@ pub mod events;
 pub mod fsutil;
 pub mod identity;
 pub mod image_ref;
+pub mod keyed;
 pub mod names;
 pub mod observe;
 pub mod report;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, blocking, lock_id, read_entry, release};
+use super::{Inner, blocking, read_entry, release};
 use crate::error::CniError;
 use crate::{ipam, netns};
 
@@ -30,7 +30,7 @@ pub(super) async fn reconcile(
         if live.contains(&id) || inner.busy(&id) {
             continue;
         }
-        let _lock = lock_id(inner, &id).await;
+        let _lock = inner.locks.lock(&id).await;
         // Re-read under the lock: a concurrent detach may have finished meanwhile.
         let Some(a) = read_entry(inner, &id)? else {
             continue;
