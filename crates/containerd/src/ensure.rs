@@ -111,8 +111,10 @@ async fn create(
     };
     let mut done = Done::default();
     let result = steps(inner, id, req, &lease, &mut done).await;
-    if let Err(e) = &result {
-        tracing::warn!(container_id = %id, error = %e.chain(), "ensure failed; rolling back");
+    if result.is_err() {
+        // The error itself is logged once, by whoever receives it (the RPC edge, or the saga
+        // when the caller left).
+        tracing::info!(container_id = %id, "ensure failed; rolling back");
         if done.snapshot || done.network || done.container || done.task {
             inner.observer.get().rollback("ensure");
         }

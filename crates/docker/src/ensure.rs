@@ -183,7 +183,11 @@ async fn build(
             })
         }
         Err(e) => {
-            tracing::warn!(container_id = name, error = %e.chain(), "ensure failed after create; removing the container");
+            // The error itself is logged once, by whoever receives it.
+            tracing::info!(
+                container_id = name,
+                "ensure failed after create; removing the container"
+            );
             remove_detached(inner, &id).await;
             Err(e)
         }

@@ -11,6 +11,9 @@ use crate::error::RuntimeError;
 /// Runs `fut` on its own task inside `span` and waits for it. Dropping the returned future
 /// detaches the task, which still runs to completion. A panic in the task becomes an
 /// `Internal` error naming `what`.
+///
+/// Errors are logged once, by whoever receives them (the RPC edge); when the caller has left,
+/// nobody does, so the task logs the error itself.
 pub async fn finish_detached<T, E>(
     what: &'static str,
     span: tracing::Span,
@@ -18,15 +21,27 @@ pub async fn finish_detached<T, E>(
 ) -> Result<T, E>
 where
     T: Send + 'static,
-    E: From<RuntimeError> + Send + 'static,
+    E: From<RuntimeError> + std::fmt::Display + Send + 'static,
 {
-    tokio::spawn(fut.instrument(span))
-        .await
-        .unwrap_or_else(|e| {
-            Err(RuntimeError::internal(format!("{what} task failed"))
-                .with_source(e)
-                .into())
-        })
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(
+        async move {
+            let res = fut.await;
+            if let Err(Err(e)) = tx.send(res) {
+                tracing::warn!(error = %e, "{what} failed after its caller left");
+            }
+        }
+        .instrument(span),
+    );
+    match rx.await {
+        Ok(res) => res,
+        // The sender is gone without a result: the task panicked.
+        Err(_) => Err(match task.await {
+            Err(e) => RuntimeError::internal(format!("{what} task failed")).with_source(e),
+            Ok(()) => RuntimeError::internal(format!("{what} task failed")),
+        }
+        .into()),
+    }
 }
 
 #[cfg(test)]
