@@ -13,42 +13,13 @@ use std::sync::{Arc, Mutex};
 use esb_runtime::{MEMORY_SIZE_ENV, WorkerStatus};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::settings::AdmissionSettings;
 use crate::status::ApiError;
 use crate::workers::WorkerTable;
 
 const MIB: u64 = 1024 * 1024;
 /// Lambda's smallest memory size; below it runtimes fail to start (review H3).
 pub const MEMORY_MIN_BYTES: u64 = 128 * MIB;
-
-/// The bounds; `Default` admits everything (in-process tests), the agent fills real ones.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdmissionSettings {
-    /// Workers on this node (`AGENT_MAX_WORKERS`).
-    pub max_workers: u64,
-    /// Workers of one owner (`AGENT_MAX_WORKERS_PER_OWNER`).
-    pub max_workers_per_owner: u64,
-    /// Sum of the workers' memory limits (`AGENT_MEMORY_BUDGET`), bytes.
-    pub memory_budget_bytes: u64,
-    /// A worker's memory when the request does not say (`AGENT_WORKER_MEMORY_MIB`), bytes.
-    pub default_memory_bytes: u64,
-    /// Largest memory a request may ask for (`AGENT_WORKER_MEMORY_MAX_MIB`), bytes.
-    pub memory_max_bytes: u64,
-    /// Ensures running in the runtime at once (`AGENT_MAX_CONCURRENT_ENSURES`).
-    pub max_concurrent_ensures: usize,
-}
-
-impl Default for AdmissionSettings {
-    fn default() -> Self {
-        Self {
-            max_workers: u64::MAX,
-            max_workers_per_owner: u64::MAX,
-            memory_budget_bytes: u64::MAX,
-            default_memory_bytes: 512 * MIB,
-            memory_max_bytes: 10240 * MIB,
-            max_concurrent_ensures: 64,
-        }
-    }
-}
 
 /// What the node holds now (GetCapabilities, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::admission::AdmissionSettings;
 pub use crate::authz::OwnerMap;
+
+const MIB: u64 = 1024 * 1024;
 
 /// TLS for the gRPC port (SPEC §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,7 @@ pub struct ServerSettings {
     /// Connection and stream bounds of the listeners (H6).
     pub conn: ConnSettings,
     /// Standby workers (`AGENT_STANDBY_*`).
-    pub standby: crate::standby::StandbySettings,
+    pub standby: StandbySettings,
 }
 
 /// Bounds that hold before any authentication (security review H6, L6).
@@ -149,4 +150,55 @@ pub enum ShutdownPolicy {
     Keep,
     /// Destroy every managed worker after the server stopped accepting (old behaviour).
     Destroy,
+}
+
+/// The bounds; `Default` admits everything (in-process tests), the agent fills real ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionSettings {
+    /// Workers on this node (`AGENT_MAX_WORKERS`).
+    pub max_workers: u64,
+    /// Workers of one owner (`AGENT_MAX_WORKERS_PER_OWNER`).
+    pub max_workers_per_owner: u64,
+    /// Sum of the workers' memory limits (`AGENT_MEMORY_BUDGET`), bytes.
+    pub memory_budget_bytes: u64,
+    /// A worker's memory when the request does not say (`AGENT_WORKER_MEMORY_MIB`), bytes.
+    pub default_memory_bytes: u64,
+    /// Largest memory a request may ask for (`AGENT_WORKER_MEMORY_MAX_MIB`), bytes.
+    pub memory_max_bytes: u64,
+    /// Ensures running in the runtime at once (`AGENT_MAX_CONCURRENT_ENSURES`).
+    pub max_concurrent_ensures: usize,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            max_workers: u64::MAX,
+            max_workers_per_owner: u64::MAX,
+            memory_budget_bytes: u64::MAX,
+            default_memory_bytes: 512 * MIB,
+            memory_max_bytes: 10240 * MIB,
+            max_concurrent_ensures: 64,
+        }
+    }
+}
+
+/// `AGENT_STANDBY_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbySettings {
+    /// Standbys kept per spec after an Ensure (`AGENT_STANDBY_PER_SPEC`; 0 = off).
+    pub per_spec: u32,
+    /// A spec not ensured for this long loses its standbys (`AGENT_STANDBY_TTL`).
+    pub ttl: Duration,
+    /// Node-wide cap on standbys, ready and being created (`AGENT_STANDBY_MAX`).
+    pub max: u32,
+}
+
+impl Default for StandbySettings {
+    fn default() -> Self {
+        Self {
+            per_spec: 0,
+            ttl: Duration::from_secs(600),
+            max: 16,
+        }
+    }
 }

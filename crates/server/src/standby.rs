@@ -28,32 +28,12 @@ use esb_runtime::{EnsureRequest, Runtime, Worker, WorkerStatus};
 use crate::admission::Admission;
 use crate::metrics::Metrics;
 use crate::ready::{self, Readiness};
+pub use crate::settings::StandbySettings;
 use crate::status::ApiError;
 use crate::workers::WorkerTable;
 
 /// File (in `state_dir`) listing the ids of ready standbys.
 pub const STANDBY_FILE: &str = "standby.json";
-
-/// `AGENT_STANDBY_*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StandbySettings {
-    /// Standbys kept per spec after an Ensure (`AGENT_STANDBY_PER_SPEC`; 0 = off).
-    pub per_spec: u32,
-    /// A spec not ensured for this long loses its standbys (`AGENT_STANDBY_TTL`).
-    pub ttl: Duration,
-    /// Node-wide cap on standbys, ready and being created (`AGENT_STANDBY_MAX`).
-    pub max: u32,
-}
-
-impl Default for StandbySettings {
-    fn default() -> Self {
-        Self {
-            per_spec: 0,
-            ttl: Duration::from_secs(600),
-            max: 16,
-        }
-    }
-}
 
 /// What makes two Ensures interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use esb_runtime::WORKER_PORT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::scenarios::INVOKE_PATH;
+/// The RIE invocation path of the test worker.
+pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
 
 /// One POST of `body` with `Connection: close` (connect bounded by 2 s, answer by 20 s).
 /// Returns the status code (0 when unparsable) and the body.

@@ -13,9 +13,7 @@ use anyhow::{bail, ensure};
 use esb_runtime::{EnsureRequest, ErrorKind, Runtime, WORKER_PORT, WorkerStatus};
 
 use crate::eventually;
-
-/// The RIE invocation path of the test worker.
-pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
+pub use crate::http::INVOKE_PATH;
 
 /// A 512 MiB request for `function` on `image`, owner `owner-1`.
 pub fn request(function: &str, image: &str) -> EnsureRequest {
