@@ -11,8 +11,11 @@ mod server;
 mod source;
 mod vars;
 
+use esb_cni::CniSettings;
+use esb_containerd::ContainerdSettings;
+use esb_docker::DockerSettings;
 use esb_runtime::identity::{BrandSources, Identity, resolve_brand};
-use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings, DockerSettings};
+use esb_runtime::settings::CommonSettings;
 use esb_server::ServerSettings;
 
 pub use display::render;

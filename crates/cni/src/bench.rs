@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use esb_runtime::settings::CniSettings;
+use crate::CniSettings;
 
 use crate::chain::{self, Target};
 use crate::exec::ProcessExec;
@@ -45,7 +45,7 @@ async fn bench_cni_latency() {
         net_dir: dir.path().join("net"),
         ip_masq: false,
         identity_file: dir.path().join("esb-cni.env"),
-        plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+        plugin_timeout: crate::DEFAULT_CNI_PLUGIN_TIMEOUT,
         firewall: None,
     };
     ip_link_del(&s.bridge);

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use esb_runtime::settings::CniSettings;
+use crate::CniSettings;
 use serde_json::{Value, json};
 
 use crate::error::CniError;
@@ -165,7 +165,7 @@ mod tests {
             net_dir: "/var/lib/cni/networks".into(),
             ip_masq: true,
             identity_file: "/var/lib/cni/esb-cni.env".into(),
-            plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+            plugin_timeout: crate::DEFAULT_CNI_PLUGIN_TIMEOUT,
             firewall: None,
         }
     }

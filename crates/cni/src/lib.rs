@@ -15,8 +15,10 @@ pub mod journal;
 mod netns;
 mod network;
 mod pool;
+pub mod settings;
 pub mod spoofchk;
 
 pub use error::CniError;
 pub use journal::{AttachState, Attachment};
 pub use network::CniNetwork;
+pub use settings::{CniSettings, DEFAULT_CNI_PLUGIN_TIMEOUT, WorkerFirewall};

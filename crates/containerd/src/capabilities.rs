@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
+use esb_cni::CniSettings;
+use esb_runtime::settings::CommonSettings;
+
+use crate::ContainerdSettings;
 use esb_runtime::{RuntimeCapabilities, RuntimeError, RuntimeKind};
 
 use crate::client::{Client, status_err};

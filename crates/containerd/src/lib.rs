@@ -17,6 +17,7 @@ mod metrics;
 mod pause;
 mod rootfs;
 mod seccomp;
+mod settings;
 mod spec;
 mod teardown;
 
@@ -25,11 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use esb_cni::CniNetwork;
-use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
+use esb_cni::CniSettings;
+use esb_runtime::settings::CommonSettings;
 use esb_runtime::{
     EnsureRequest, EventStream, GcReport, Observer, ObserverSlot, Result, Runtime,
     RuntimeCapabilities, RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
+pub use settings::ContainerdSettings;
 
 /// containerd-backed [`esb_runtime::Runtime`].
 pub struct ContainerdRuntime {

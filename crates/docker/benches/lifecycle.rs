@@ -14,7 +14,8 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use esb_docker::DockerRuntime;
-use esb_runtime::settings::{CommonSettings, DockerSettings};
+use esb_docker::DockerSettings;
+use esb_runtime::settings::CommonSettings;
 use esb_runtime::{EnsureRequest, Runtime};
 
 const RUNS: usize = 15;

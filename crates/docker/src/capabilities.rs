@@ -4,7 +4,9 @@
 use bollard::Docker;
 use bollard::models::SystemInfoCgroupVersionEnum;
 use bollard::query_parameters::InspectNetworkOptions;
-use esb_runtime::settings::{CommonSettings, DockerSettings};
+use esb_runtime::settings::CommonSettings;
+
+use crate::DockerSettings;
 use esb_runtime::{RuntimeCapabilities, RuntimeKind};
 
 /// Docker's option naming the Linux bridge of a bridge network.

@@ -8,10 +8,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::DockerSettings;
 use bollard::Docker;
 use bollard::query_parameters::InspectNetworkOptions;
 use esb_cni::firewall::{self, Plan};
-use esb_runtime::settings::DockerSettings;
 
 /// Docker's option naming the Linux bridge of a bridge network.
 const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";

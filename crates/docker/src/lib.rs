@@ -17,16 +17,18 @@ mod list;
 mod logs;
 mod metrics;
 mod pause;
+mod settings;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use bollard::Docker;
-use esb_runtime::settings::{CommonSettings, DockerSettings};
+use esb_runtime::settings::CommonSettings;
 use esb_runtime::{
     EnsureRequest, EventStream, GcReport, Observer, ObserverSlot, Result, Runtime,
     RuntimeCapabilities, RuntimeError, Worker, WorkerMetrics, WorkerState,
 };
+pub use settings::DockerSettings;
 
 /// Docker-backed [`esb_runtime::Runtime`].
 pub struct DockerRuntime {

@@ -5,11 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use esb_docker::DockerRuntime;
+use esb_docker::{DockerRuntime, DockerSettings};
 use esb_runtime::identity::Identity;
-use esb_runtime::settings::{
-    CommonSettings, DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
-};
+use esb_runtime::settings::{CommonSettings, PullPolicy, RegistrySettings, WorkerDefaults};
 use esb_runtime::{ErrorKind, Runtime, RuntimeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use esb_cni::{CniSettings, WorkerFirewall};
 use esb_runtime::identity::{Identity, SUBNET_SLOTS};
-use esb_runtime::settings::{CniSettings, WorkerFirewall};
 
 use super::env;
 use super::{ConfigError, Vars};
@@ -155,7 +155,7 @@ pub fn load(
         identity_file: v.abs_path(env::CNI_IDENTITY_FILE, "/var/lib/cni/esb-cni.env")?,
         plugin_timeout: v.duration(
             env::CNI_PLUGIN_TIMEOUT,
-            esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+            esb_cni::DEFAULT_CNI_PLUGIN_TIMEOUT,
             std::time::Duration::from_secs(1),
         )?,
         firewall: Some(worker_firewall(v, identity, &identity.cni_network_name())?),

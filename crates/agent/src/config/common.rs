@@ -4,11 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use esb_containerd::ContainerdSettings;
+use esb_docker::DockerSettings;
 use esb_runtime::identity::Identity;
 use esb_runtime::image_ref::AllowedRegistries;
 use esb_runtime::settings::{
-    CommonSettings, ContainerdSettings, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PULL_TIMEOUT,
-    DockerSettings, PullPolicy, RegistrySettings, WorkerDefaults,
+    CommonSettings, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PULL_TIMEOUT, PullPolicy, RegistrySettings,
+    WorkerDefaults,
 };
 
 use super::env;

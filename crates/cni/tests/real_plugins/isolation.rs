@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use esb_runtime::settings::WorkerFirewall;
+use esb_cni::WorkerFirewall;
 
 use super::{
     TestNet, connect_from_netns, fetch, plugin_dir, scope, serve_in_netns, spoofchk_rules,

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use esb_cni::CniSettings;
 use esb_cni::{AttachState, CniError, CniNetwork};
 use esb_runtime::ErrorKind;
-use esb_runtime::settings::CniSettings;
 
 mod isolation;
 
@@ -55,7 +55,7 @@ impl TestNet {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
-            plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+            plugin_timeout: esb_cni::DEFAULT_CNI_PLUGIN_TIMEOUT,
             firewall: None,
         };
         del_bridge(&settings.bridge);

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use esb_cni::CniSettings;
 use esb_containerd::ContainerdRuntime;
-use esb_runtime::settings::{CniSettings, CommonSettings, ContainerdSettings};
+use esb_containerd::ContainerdSettings;
+use esb_runtime::settings::CommonSettings;
 use esb_runtime::{EnsureRequest, Runtime};
 use esb_testkit::DevEnv;
 use esb_testkit::ctr::Ctr;
@@ -55,7 +57,7 @@ impl World {
             net_dir: dir.path().join("net"),
             ip_masq: false,
             identity_file: dir.path().join("esb-cni.env"),
-            plugin_timeout: esb_runtime::settings::DEFAULT_CNI_PLUGIN_TIMEOUT,
+            plugin_timeout: esb_cni::DEFAULT_CNI_PLUGIN_TIMEOUT,
             firewall: None,
         };
         let world = Self {

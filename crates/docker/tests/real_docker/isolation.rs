@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
+use esb_cni::WorkerFirewall;
 use esb_runtime::Runtime;
-use esb_runtime::settings::WorkerFirewall;
 
 use crate::support::Ctx;
 

@@ -26,7 +26,7 @@ async fn unreachable_daemon_is_unavailable() -> anyhow::Result<()> {
         let env = esb_testkit::DevEnv::from_env();
         Ctx::new(env, 41).await?.common.clone()
     };
-    let settings = esb_runtime::settings::DockerSettings {
+    let settings = esb_docker::DockerSettings {
         host: Some("unix:///work/main/.dev/no-such-docker.sock".into()),
         network: "none".into(),
         firewall: None,

@@ -8,8 +8,9 @@ use anyhow::Context;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use esb_docker::DockerRuntime;
+use esb_docker::DockerSettings;
 use esb_runtime::EnsureRequest;
-use esb_runtime::settings::{CommonSettings, DockerSettings};
+use esb_runtime::settings::CommonSettings;
 use esb_testkit::DevEnv;
 
 pub use esb_testkit::scenarios::{invoke, invoke_once};
