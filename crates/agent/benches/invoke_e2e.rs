@@ -5,6 +5,9 @@
 //! - 1 caller: InvokeWorker vs a direct keep-alive POST to the same worker, `{"echo":true}`,
 //!   interleaved ABBA blocks; added p50/p99 = agent − direct;
 //! - 16 callers over 16 workers: req/s through the agent vs direct, ABBA phases.
+//! - floor proxy (`support/floor_proxy.rs`): the least a tonic → hyper proxy does, measured
+//!   beside the agent in both views; how close the agent is to what any proxy of this shape
+//!   gets on this machine.
 //!
 //! Env: `BENCH_CALLS` (1-caller calls per side, default 5000), `BENCH_SECS` (seconds per
 //! 16-caller phase, default 3), `BENCH_AGENT_LOG_LEVEL` (the agent's `AGENT_LOG_LEVEL`, default
@@ -12,6 +15,8 @@
 
 #![allow(clippy::unwrap_used)] // the shared test world panics as its failure report
 
+#[path = "support/floor_proxy.rs"]
+mod floor_proxy;
 #[path = "../tests/support/world.rs"]
 mod support;
 
@@ -105,6 +110,13 @@ impl Direct {
             }
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Agent,
+    Direct,
+    Proxy,
 }
 
 fn invoke_req(id: &str) -> InvokeWorkerRequest {
@@ -217,46 +229,61 @@ async fn measure(
         c.get_capabilities(GetCapabilitiesRequest {}).await?;
         floor.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    // 1 caller, ABBA blocks.
-    let (mut a, mut b) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    // The floor proxy, on its own runtime, and a channel to it.
+    let floor_proxy = floor_proxy::Floor::start(workers)?;
+    let mut p = AgentServiceClient::new(
+        Channel::from_shared(format!("http://{}", floor_proxy.addr))?
+            .connect()
+            .await?,
+    );
+    for _ in 0..200 {
+        agent_call(&mut p, &id).await?;
+    }
+    // 1 caller: blocks of agent, direct, proxy, then the reverse order.
+    let (mut a, mut b, mut fp) = (
+        Vec::with_capacity(calls),
+        Vec::with_capacity(calls),
+        Vec::with_capacity(calls),
+    );
     let blocks = calls.div_ceil(BLOCK);
     for blk in 0..blocks {
-        let agent_first = matches!(blk % 4, 0 | 3);
-        for side in [agent_first, !agent_first] {
+        let order = if blk % 2 == 0 {
+            [Side::Agent, Side::Direct, Side::Proxy]
+        } else {
+            [Side::Proxy, Side::Direct, Side::Agent]
+        };
+        for side in order {
             for _ in 0..BLOCK {
                 let t = Instant::now();
-                if side {
-                    agent_call(c, &id).await?;
-                    a.push(t.elapsed().as_secs_f64() * 1e6);
-                } else {
-                    direct.call().await?;
-                    b.push(t.elapsed().as_secs_f64() * 1e6);
+                match side {
+                    Side::Agent => agent_call(c, &id).await?,
+                    Side::Direct => direct.call().await?,
+                    Side::Proxy => agent_call(&mut p, &id).await?,
+                }
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                match side {
+                    Side::Agent => a.push(us),
+                    Side::Direct => b.push(us),
+                    Side::Proxy => fp.push(us),
                 }
             }
         }
     }
-    let (floor, a, b) = (sorted(floor), sorted(a), sorted(b));
-    // 16 callers over 16 workers: agent and direct phases, ABBA.
-    let (mut agent_rps, mut direct_rps) = (Vec::new(), Vec::new());
+    let (floor, a, b, fp) = (sorted(floor), sorted(a), sorted(b), sorted(fp));
+    // 16 callers over 16 workers: agent, direct and proxy phases, ABCCBA.
+    let (mut agent_rps, mut direct_rps, mut proxy_rps) = (Vec::new(), Vec::new(), Vec::new());
     let ws: Arc<Vec<(String, IpAddr)>> = Arc::new(workers.to_vec());
-    for phase in [true, false, false, true] {
+    for side in [
+        Side::Agent,
+        Side::Direct,
+        Side::Proxy,
+        Side::Proxy,
+        Side::Direct,
+        Side::Agent,
+    ] {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let ws = ws.clone();
-        let rps = if phase {
-            let ch = c.clone();
-            throughput(workers.len(), move |i| {
-                let (mut c, id) = (ch.clone(), ws[i].0.clone());
-                async move {
-                    let mut n = 0u64;
-                    while Instant::now() < deadline {
-                        agent_call(&mut c, &id).await?;
-                        n += 1;
-                    }
-                    Ok(n)
-                }
-            })
-            .await?
-        } else {
+        let rps = if side == Side::Direct {
             throughput(workers.len(), move |i| {
                 let ip = ws[i].1;
                 async move {
@@ -270,13 +297,33 @@ async fn measure(
                 }
             })
             .await?
-        };
-        if phase {
-            agent_rps.push(rps);
         } else {
-            direct_rps.push(rps);
+            let ch = if side == Side::Agent {
+                c.clone()
+            } else {
+                p.clone()
+            };
+            throughput(workers.len(), move |i| {
+                let (mut c, id) = (ch.clone(), ws[i].0.clone());
+                async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        agent_call(&mut c, &id).await?;
+                        n += 1;
+                    }
+                    Ok(n)
+                }
+            })
+            .await?
+        };
+        match side {
+            Side::Agent => agent_rps.push(rps),
+            Side::Direct => direct_rps.push(rps),
+            Side::Proxy => proxy_rps.push(rps),
         }
     }
+    drop(p);
+    drop(floor_proxy);
     // Floor of the ratio: the same 16 callers on the same channel doing bare tonic unary
     // round trips (no worker behind them).
     let floor_deadline = Instant::now() + Duration::from_secs(secs);
@@ -294,7 +341,7 @@ async fn measure(
     })
     .await?;
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (ar, dr) = (avg(&agent_rps), avg(&direct_rps));
+    let (ar, dr, pr) = (avg(&agent_rps), avg(&direct_rps), avg(&proxy_rps));
     println!();
     println!(
         "## InvokeWorker through the release agent (containerd, real workers, {} calls/side)",
@@ -319,9 +366,19 @@ async fn measure(
         pct(&b, 0.99)
     );
     println!(
+        "| floor proxy (tonic + hyper, nothing else) | {:.0} | {:.0} |",
+        pct(&fp, 0.5),
+        pct(&fp, 0.99)
+    );
+    println!(
         "| **added by the agent** | **{:.0}** | **{:.0}** |",
         pct(&a, 0.5) - pct(&b, 0.5),
         pct(&a, 0.99) - pct(&b, 0.99)
+    );
+    println!(
+        "| added by the floor proxy | {:.0} | {:.0} |",
+        pct(&fp, 0.5) - pct(&b, 0.5),
+        pct(&fp, 0.99) - pct(&b, 0.99)
     );
     println!();
     println!("| {WORKERS} callers over {WORKERS} workers, {secs} s × 2 phases each | req/s |");
@@ -331,6 +388,9 @@ async fn measure(
     println!("| **agent / direct** | **{:.2}** |", ar / dr);
     println!("| floor: bare tonic unary, same callers and channel, {secs} s | {floor_rps:.0} |");
     println!("| floor / direct | {:.2} |", floor_rps / dr);
+    println!("| floor proxy (tonic + hyper, own 2-thread runtime) | {pr:.0} |");
+    println!("| **floor proxy / direct** | **{:.2}** |", pr / dr);
+    println!("| agent / floor proxy | {:.2} |", ar / pr);
     Ok(())
 }
 
