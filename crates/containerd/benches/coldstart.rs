@@ -4,7 +4,7 @@
 //! bridge-plugin ADD + first answer on the same image; destroy, pause/resume, list with 100
 //! workers, 50 workers started 8 at a time, and the RSS of this process.
 
-#[path = "../tests/support/world.rs"]
+#[path = "../tests/real_containerd/support.rs"]
 mod support;
 
 use std::collections::HashMap;

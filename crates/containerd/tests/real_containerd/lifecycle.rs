@@ -1,11 +1,8 @@
 //! Real-containerd tests of the worker lifecycle: ensure → invoke → list → pause/resume →
 //! metrics → destroy (twice) → list empty, env override, injected resolv.conf, OOM.
 
-#[path = "support/world.rs"]
-mod support;
-
+use crate::support::{World, invoke};
 use esb_runtime::{Runtime, WorkerStatus};
-use support::{World, invoke};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle() {
@@ -48,8 +45,8 @@ async fn full_lifecycle() {
     assert_eq!(list[0].id, w.id);
     assert_eq!(list[0].status, WorkerStatus::Running);
     assert_eq!(list[0].ip, Some(w.ip));
-    assert_eq!(list[0].owner_id, support::OWNER);
-    assert_eq!(list[0].function_name, support::FUNCTION);
+    assert_eq!(list[0].owner_id, crate::support::OWNER);
+    assert_eq!(list[0].function_name, crate::support::FUNCTION);
     assert_eq!(list[0].created_at, w.created_at);
 
     rt.pause(&w.id).await.expect("pause");
@@ -101,7 +98,7 @@ async fn oom_kill_shows_in_metrics_and_stops_the_worker() {
         .await
         .expect("ensure");
     invoke(w.ip, "{}").await;
-    let _ = support::post(w.ip, r#"{"alloc_mib":400}"#).await;
+    let _ = crate::support::post(w.ip, r#"{"alloc_mib":400}"#).await;
     let m = esb_testkit::eventually(
         "worker stopped",
         std::time::Duration::from_secs(15),

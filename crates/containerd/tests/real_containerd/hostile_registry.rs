@@ -6,17 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::World;
 use esb_runtime::settings::RegistrySettings;
 use esb_runtime::{ErrorKind, Runtime};
 use esb_testkit::registry::{Blob, Registry, add_image, serve};
-use support::World;
 
 fn tmp_files(world: &World) -> Vec<String> {
     std::fs::read_dir(world.common.state_dir.join("tmp"))

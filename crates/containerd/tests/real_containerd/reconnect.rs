@@ -2,34 +2,11 @@
 //! `connect` retries until the daemon appears, `ping` fails while it is down and recovers
 //! after a restart without building a new runtime.
 
-#[path = "support/world.rs"]
-mod support;
-
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
+use crate::support::World;
 use esb_runtime::{ErrorKind, Runtime};
-use support::World;
-
-fn start_containerd(dir: &Path) -> Child {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
-            dir.display()
-        ),
-    )
-    .expect("config");
-    Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn containerd")
-}
 
 struct Daemon(Child);
 
@@ -65,7 +42,7 @@ async fn connect_retries_and_ping_follows_restarts() {
         async move { esb_containerd::ContainerdRuntime::connect(common, cd, cni).await }
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let daemon = Daemon(start_containerd(daemon_dir.path()));
+    let daemon = Daemon(crate::support::start_containerd(daemon_dir.path()));
     let rt = connecting.await.expect("join").expect("connect with retry");
     rt.ping().await.expect("ping");
 
@@ -76,7 +53,7 @@ async fn connect_retries_and_ping_follows_restarts() {
     .await;
     assert_eq!(e.kind(), ErrorKind::Unavailable);
 
-    let _daemon = Daemon(start_containerd(daemon_dir.path()));
+    let _daemon = Daemon(crate::support::start_containerd(daemon_dir.path()));
     esb_testkit::eventually("ping recovers", Duration::from_secs(20), || async {
         rt.ping().await.ok()
     })

@@ -3,16 +3,13 @@
 //! writer stays small and goes away with its task, and destroy removes every log file.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{World, invoke};
 use esb_runtime::Runtime;
-use support::{World, invoke};
 
 const BOUND: u64 = 64 * 1024;
 

@@ -4,17 +4,14 @@
 //! the forced non-root user; image user resolution that never reads the host's files; and a
 //! bad image reference that never reaches CNI.
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::World;
 use esb_runtime::{ErrorKind, Runtime};
 use esb_testkit::sandbox::{
     CAP_MKNOD_BIT, CAP_NET_RAW_BIT, CAP_SETFCAP_BIT, read_worker_file, worker_status,
 };
-use support::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_in_the_hardened_sandbox() {

@@ -1,13 +1,10 @@
 //! The backend-agnostic scenarios of esb-testkit run against containerd (parity with Docker).
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::World;
 use esb_runtime::Runtime;
 use esb_testkit::scenarios;
-use support::World;
 
 async fn runtime(world: &World) -> Arc<dyn Runtime> {
     Arc::new(world.runtime().await)

@@ -2,14 +2,11 @@
 //! outcome and the IPAM count; a failed ensure reports a failed pull and its rollback.
 #![allow(clippy::unwrap_used)] // test code: a poisoned lock is a test failure anyway
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::World;
 use esb_runtime::{ErrorKind, Phase, PullOutcome, Runtime};
 use esb_testkit::observe::Recorder;
-use support::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_sees_phases_pulls_rollbacks_and_ipam() {

@@ -3,14 +3,11 @@
 //! leaks nothing, GC spares foreign containers, a restarted agent adopts running and paused
 //! workers and cleans up one that died meanwhile, and 20 concurrent ensures.
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::{World, invoke};
 use esb_runtime::{Runtime, WorkerStatus};
-use support::{World, invoke};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cni_failure_rolls_back_everything() {

@@ -4,40 +4,18 @@
 //! subscription after the restart delivers again. The server's resubscribe-and-relist loop
 //! on top of this is covered with the fake runtime (crates/server/tests/api/events.rs).
 
-#[path = "support/world.rs"]
-mod support;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::support::World;
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::{Container, CreateContainerRequest, DeleteContainerRequest};
 use containerd_client::with_namespace;
 use esb_runtime::{EventStream, Runtime, WorkerEvent, WorkerEventKind};
 use futures::StreamExt;
-use support::World;
 use tonic::Request;
-
-fn start_containerd(dir: &Path) -> Child {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{0}/opt\"\n",
-            dir.display()
-        ),
-    )
-    .expect("config");
-    Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn containerd")
-}
 
 /// The private daemon, killed when dropped.
 struct Daemon(Child);
@@ -119,7 +97,7 @@ async fn events_are_scoped_break_with_the_daemon_and_resubscribe_after_restart()
     let sock = daemon_dir.path().join("c.sock");
     let dev_socket = std::mem::replace(&mut world.containerd.socket, sock.clone());
     let ns = world.containerd.namespace.clone();
-    let daemon = Daemon(start_containerd(daemon_dir.path()));
+    let daemon = Daemon(crate::support::start_containerd(daemon_dir.path()));
     let rt = world.runtime().await;
     let mut round = 0;
 
@@ -148,7 +126,7 @@ async fn events_are_scoped_break_with_the_daemon_and_resubscribe_after_restart()
 
     // Restarted: a new subscription (what the server's loop makes, with backoff) delivers.
     let restarted = Instant::now();
-    let _daemon = Daemon(start_containerd(daemon_dir.path()));
+    let _daemon = Daemon(crate::support::start_containerd(daemon_dir.path()));
     let mut stream = esb_testkit::eventually("resubscribed", Duration::from_secs(20), || async {
         let mut s = rt.events().await.ok()?;
         // A subscription made while the daemon is still starting fails at once.

@@ -285,3 +285,24 @@ pub fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 pub fn as_dyn(rt: &ContainerdRuntime) -> &dyn Runtime {
     rt
 }
+
+/// Starts a throwaway containerd of the test's own in `dir` (own root, state and socket
+/// `dir/c.sock`), so a test may stop and restart it; the shared dev daemon is never touched.
+pub fn start_containerd(dir: &std::path::Path) -> std::process::Child {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{0}/opt\"\n",
+            dir.display()
+        ),
+    )
+    .expect("config");
+    std::process::Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn containerd")
+}

@@ -2,12 +2,9 @@
 //! image (ImageNotFound, nothing left behind), bad references, an unreachable registry, and
 //! policy `always` falling back to the local copy.
 
-#[path = "support/world.rs"]
-mod support;
-
+use crate::support::{World, invoke};
 use esb_runtime::settings::PullPolicy;
 use esb_runtime::{ErrorKind, Runtime};
-use support::{World, invoke};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_over_https_with_the_ca() {
