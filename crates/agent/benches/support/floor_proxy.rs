@@ -167,26 +167,32 @@ impl Floor {
             .iter()
             .map(|(id, ip)| (id.clone(), (*ip, Slot::default())))
             .collect();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let incoming = rt.block_on(async {
-            TcpIncoming::bind("127.0.0.1:0".parse()?)
-                .map(|i| i.with_nodelay(Some(true)))
-                .map_err(anyhow::Error::from)
-        })?;
-        let addr = incoming.local_addr()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let svc = AgentServiceServer::new(FloorProxy { workers: map });
+        // Its own runtime on threads of its own (a runtime cannot start inside the bench's).
         let thread = std::thread::spawn(move || {
-            let _ = rt.block_on(
-                tonic::transport::Server::builder()
+            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let _ = tonic::transport::Server::builder()
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
-                    }),
-            );
+                    })
+                    .await;
+            });
         });
         Ok(Self {
             addr,
