@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use esb_server::invoke::parse_worker_response;
+use esb_server::parse_worker_response;
 use libfuzzer_sys::fuzz_target;
 
 const LIMIT: u64 = 64 * 1024;

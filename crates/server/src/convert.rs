@@ -15,9 +15,6 @@ use crate::status::ApiError;
 
 /// Longest accepted container id / owner id, bytes.
 pub const MAX_ID_BYTES: usize = 256;
-pub use esb_runtime::request::{
-    MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES, MAX_IMAGE_BYTES,
-};
 /// Most headers per invocation.
 pub const MAX_HEADERS: usize = 128;
 /// Largest total header size (names + values), bytes.

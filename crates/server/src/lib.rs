@@ -4,29 +4,32 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod admission;
-pub mod authz;
-pub mod convert;
+mod admission;
+mod authz;
+mod convert;
 mod drain;
-pub mod error;
+mod error;
 mod events;
 mod grpc;
 mod health;
-pub mod invoke;
-pub mod listen;
-pub mod logtail;
-pub mod metrics;
-pub mod model;
+mod invoke;
+mod listen;
+mod logtail;
+mod metrics;
+mod model;
 mod ready;
 mod rpc;
 mod serve;
-pub mod service;
+mod service;
 pub mod settings;
-pub mod standby;
-pub mod status;
-pub mod tls;
-pub mod workers;
+mod standby;
+mod status;
+mod tls;
+mod workers;
 
 pub use error::ServerError;
+// The worker-response parser is a fuzz target (fuzz/) and has a test of its own.
+pub use invoke::{InvokeReply, parse_worker_response};
 pub use serve::{BoundServer, bind};
 pub use settings::*;
+pub use status::ApiError;

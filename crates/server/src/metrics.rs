@@ -20,7 +20,6 @@ use prometheus_client::registry::Registry;
 
 pub use self::events::{EventMetrics, ReadyOutcome};
 pub use self::http::serve as serve_http;
-pub use self::text::{to_prometheus, wants_openmetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcCodeLabels {

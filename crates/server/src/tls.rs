@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use self::reload::{Reload, Reloadable};
+pub use self::reload::Reloadable;
 pub use self::stream::PeerStream;
 use crate::authz::{OwnerMap, Peer, identities, identity_matches};
 use crate::error::ServerError;

@@ -25,7 +25,6 @@ pub const LAST_USED_FILE: &str = "last-used.json";
 pub struct Entry {
     pub id: String,
     pub name: String,
-    pub function_name: String,
     pub owner_id: String,
     pub status: WorkerStatus,
     pub ip: Option<IpAddr>,
@@ -126,7 +125,6 @@ impl WorkerTable {
             Arc::new(Entry {
                 id: w.id.clone(),
                 name: w.name.clone(),
-                function_name: w.function_name.clone(),
                 owner_id: w.owner_id.clone(),
                 status: WorkerStatus::Running,
                 ip: Some(w.ip),
@@ -369,7 +367,6 @@ fn upsert(inner: &mut Inner, s: WorkerState, taken: Instant) {
                 Arc::new(Entry {
                     id: s.id,
                     name: s.name,
-                    function_name: s.function_name,
                     owner_id: s.owner_id,
                     status: s.status,
                     ip: s.ip,

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use esb_server::standby::StandbySettings;
+use esb_server::StandbySettings;
 use esb_server::{
     ConnSettings, InvokeSettings, MutualTls, OwnerMap, ServerSettings, ShutdownPolicy, TlsSettings,
 };

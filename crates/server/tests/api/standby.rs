@@ -13,7 +13,7 @@ use esb_proto::v1::{
 use esb_runtime::WorkerStatus;
 use esb_runtime::fake::FakeRuntime;
 use esb_server::ShutdownPolicy;
-use esb_server::standby::StandbySettings;
+use esb_server::StandbySettings;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esb_runtime::fake::FakeRuntime;
-use esb_server::standby::StandbySettings;
+use esb_server::StandbySettings;
 use tonic::transport::Channel;
 
 use super::harness::{Agent, OWNER};

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use esb_server::invoke::{InvokeReply, parse_worker_response};
-use esb_server::status::ApiError;
+use esb_server::ApiError;
+use esb_server::{InvokeReply, parse_worker_response};
 
 const LIMIT: u64 = 64 * 1024;
 const MUTANTS: usize = 3_000;
