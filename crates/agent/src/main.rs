@@ -68,11 +68,28 @@ fn main() -> ExitCode {
         cli::Action::Serve => match run(cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("esb-agent: {e:#}");
+                eprintln!("esb-agent: {}", report(&e));
                 ExitCode::from(EXIT_FAILURE)
             }
         },
     }
+}
+
+/// The error and its causes on one line, each said once: an error that already shows its
+/// source (`"cannot bind …: Address in use"`) is not followed by that source again.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn log_writer(parsed: Result<esb_containerd::log_writer::Args, String>) -> ExitCode {
@@ -98,4 +115,24 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         let shutdown = signals::install()?;
         serve::run(cfg, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_its_parent_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use");
+        let bind = esb_server::ServerError::Bind {
+            what: "gRPC",
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: io,
+        };
+        let e = anyhow::Error::new(bind).context("cannot start the gRPC server");
+        assert_eq!(
+            report(&e),
+            "cannot start the gRPC server: cannot bind the gRPC listener on 127.0.0.1:1: Address in use"
+        );
+    }
 }

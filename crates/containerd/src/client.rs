@@ -186,7 +186,24 @@ pub(crate) fn status_err(what: &str, s: Status) -> RuntimeError {
         _ => ErrorKind::Internal,
     };
     let msg = format!("containerd {what}: {}", s.message());
-    RuntimeError::new(kind, msg).with_source(s)
+    RuntimeError::new(kind, msg).with_source(StatusSource(s))
+}
+
+/// A status kept as an error's source without repeating its message (already in ours): it
+/// shows the code, and its own source (e.g. the transport error) follows in the chain.
+#[derive(Debug)]
+struct StatusSource(Status);
+
+impl std::fmt::Display for StatusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "containerd status {:?}", self.0.code())
+    }
+}
+
+impl std::error::Error for StatusSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
 }
 
 /// True when `s` was made from a transport failure, not sent by containerd.
@@ -204,4 +221,26 @@ fn is_transport(s: &Status) -> bool {
 /// True when the status means "does not exist".
 pub(crate) fn is_not_found(s: &Status) -> bool {
     s.code() == Code::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_says_the_daemon_message_once_and_keeps_the_code() {
+        let s = Status::already_exists("blob sha256:abc exists");
+        let e = status_err("write content", s);
+        let chain = e.chain();
+        assert_eq!(
+            chain.matches("blob sha256:abc exists").count(),
+            1,
+            "{chain}"
+        );
+        assert!(chain.contains("AlreadyExists"), "{chain}");
+        assert_eq!(
+            e.message(),
+            "containerd write content: blob sha256:abc exists"
+        );
+    }
 }

@@ -30,7 +30,30 @@ pub(crate) fn map_adjusted(
         Some(d) => format!("{what}: {}", d.to_lowercase()),
         None => what.to_string(),
     };
-    RuntimeError::new(kind, message).with_source(err)
+    RuntimeError::new(kind, message).with_source(DaemonSource(err))
+}
+
+/// The bollard error kept as a source without repeating the daemon's message (already in
+/// ours): a daemon answer shows its HTTP status only; other errors show themselves.
+#[derive(Debug)]
+struct DaemonSource(DockerError);
+
+impl std::fmt::Display for DaemonSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            DockerError::DockerResponseServerError { status_code, .. } => {
+                write!(f, "docker status {status_code}")
+            }
+            DockerError::DockerStreamError { .. } => f.write_str("docker stream error"),
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DaemonSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
 }
 
 /// The HTTP status of a daemon response, if the error is one.
@@ -115,6 +138,18 @@ mod tests {
             status_code: code,
             message: msg.into(),
         }
+    }
+
+    #[test]
+    fn the_chain_says_the_daemon_message_once_and_keeps_the_status() {
+        let e = map(
+            server(409, "Container abc is not running"),
+            "pause worker",
+            Subject::Worker,
+        );
+        let chain = e.chain();
+        assert_eq!(chain.matches("is not running").count(), 1, "{chain}");
+        assert!(chain.contains("docker status 409"), "{chain}");
     }
 
     #[test]
