@@ -154,8 +154,8 @@ async fn steps(
     // The network's own error explains a workload that stopped for want of a netns.
     let attachment = attached?;
     let created_at = created?;
-    clock.us[2] = network_us;
-    clock.lap(6);
+    clock.t.network = network_us;
+    clock.t.net_wait = clock.lap();
     let ip = attachment
         .ip
         .ok_or_else(|| RuntimeError::internal("cni returned no address for the worker"))?;
@@ -166,19 +166,12 @@ async fn steps(
         }))
         .await
         .map_err(|s| status_err("start task", s))?;
-    clock.lap(5);
-    let [
-        image_us,
-        snapshot_us,
-        network_us,
-        container_us,
-        task_us,
-        start_us,
-        net_wait_us,
-    ] = clock.us;
+    clock.t.start = clock.lap();
+    let t = &clock.t;
     tracing::debug!(
-        container_id = %id, image_us, snapshot_us, network_us, container_us, task_us, net_wait_us,
-        start_us, "worker created"
+        container_id = %id, image_us = t.image, snapshot_us = t.snapshot, network_us = t.network,
+        container_us = t.container, task_us = t.task, net_wait_us = t.net_wait,
+        start_us = t.start, "worker created"
     );
     clock.report(inner.observer.get());
 
@@ -210,7 +203,7 @@ async fn workload(
         .images
         .ensure(&req.image, lease, inner.observer.get())
         .await?;
-    clock.lap(0);
+    clock.t.image = clock.lap();
     let labels: HashMap<String, String> = identity.managed_selector().into_iter().collect();
     let mounts = c
         .snapshots()
@@ -228,7 +221,7 @@ async fn workload(
         .into_inner()
         .mounts;
     done.snapshot = true;
-    clock.lap(1);
+    clock.t.snapshot = clock.lap();
     let user = resolve_user(&image.config.user, &mounts).await?;
     let netns = pinned
         .await
@@ -285,7 +278,7 @@ async fn workload(
         .map_err(|s| status_err("create container", s))?
         .into_inner();
     done.container = true;
-    clock.lap(3);
+    clock.t.container = clock.lap();
     let created_at = created
         .container
         .as_ref()
@@ -326,7 +319,7 @@ async fn workload(
         }
     }
     done.task = true;
-    clock.lap(4);
+    clock.t.task = clock.lap();
     Ok(created_at)
 }
 
@@ -348,42 +341,56 @@ fn is_shim_start_race(s: &tonic::Status) -> bool {
             && (m.contains("ttrpc: closed") || m.contains(": shutdown")))
 }
 
-/// Per-phase durations of one ensure (debug log; the cold-start benchmark reads them).
-/// Index 2 (network) overlaps the rest; 6 is the wait for the network after the task exists.
+/// Per-phase durations of one ensure, µs (debug log; the cold-start benchmark reads them).
+#[derive(Debug, Default)]
+struct PhaseTimes {
+    image: u64,
+    snapshot: u64,
+    /// Overlaps the workload phases (it runs beside them).
+    network: u64,
+    container: u64,
+    task: u64,
+    start: u64,
+    /// The wait for the network after the task exists (part of `network` already).
+    net_wait: u64,
+}
+
+/// A lap clock over one ensure's phases.
 struct Phases {
     last: std::time::Instant,
-    us: [u64; 7],
+    t: PhaseTimes,
 }
 
 impl Phases {
     fn start() -> Self {
         Self {
             last: std::time::Instant::now(),
-            us: [0; 7],
+            t: PhaseTimes::default(),
         }
     }
 
-    /// Reports the phases to the metrics observer (the network wait after the task is part
-    /// of the overlapping network phase already).
+    /// µs since the previous lap (or the start).
+    fn lap(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+        us
+    }
+
+    /// Reports the phases to the metrics observer.
     fn report(&self, obs: &dyn esb_runtime::Observer) {
         use esb_runtime::Phase;
-        let phases = [
-            Phase::Pull,
-            Phase::Snapshot,
-            Phase::Network,
-            Phase::Create,
-            Phase::TaskCreate,
-            Phase::Start,
-        ];
-        for (phase, us) in phases.into_iter().zip(self.us) {
+        let t = &self.t;
+        for (phase, us) in [
+            (Phase::Pull, t.image),
+            (Phase::Snapshot, t.snapshot),
+            (Phase::Network, t.network),
+            (Phase::Create, t.container),
+            (Phase::TaskCreate, t.task),
+            (Phase::Start, t.start),
+        ] {
             obs.phase(phase, Duration::from_micros(us));
         }
-    }
-
-    fn lap(&mut self, i: usize) {
-        let now = std::time::Instant::now();
-        self.us[i] = now.duration_since(self.last).as_micros() as u64;
-        self.last = now;
     }
 }
 

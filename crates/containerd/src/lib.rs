@@ -18,6 +18,7 @@ mod pause;
 mod rootfs;
 mod seccomp;
 mod settings;
+mod setup;
 mod spec;
 mod teardown;
 
@@ -90,28 +91,12 @@ impl ContainerdRuntime {
             )));
         }
         let state = common.state_dir.clone();
-        let logs_dir = state.join("logs");
-        let tmp_dir = state.join("tmp");
-        for dir in [&state, &logs_dir, &tmp_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| io_err("create state directory", dir, e))?;
-        }
-        // Layer downloads a crash interrupted are useless (pulls start over): free the space.
-        let swept = esb_runtime::fsutil::sweep_dir(&tmp_dir);
-        if swept > 0 {
-            tracing::info!(files = swept, dir = %tmp_dir.display(), "removed leftover downloads");
-        }
-        let resolv_conf = state.join("resolv.conf");
-        esb_runtime::fsutil::sweep_temp_files(&resolv_conf);
-        write_atomic(
-            &resolv_conf,
-            format!("nameserver {}\n", cni.dns_server).as_bytes(),
-        )?;
-        let hosts = state.join("hosts");
-        esb_runtime::fsutil::sweep_temp_files(&hosts);
-        write_atomic(
-            &hosts,
-            b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        )?;
+        let setup::StateFiles {
+            logs_dir,
+            tmp_dir,
+            resolv_conf,
+            hosts,
+        } = setup::state_dir(&state, &cni.dns_server)?;
         let client = client::Client::connect(&containerd.socket, &containerd.namespace).await?;
         let network = CniNetwork::new(cni.clone(), &state)?;
         network.install().await?;

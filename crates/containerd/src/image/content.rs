@@ -150,58 +150,7 @@ async fn write(
         crate::lease::random_hex(4)
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-    let producer = {
-        let r#ref = r#ref.clone();
-        let expected = digest.to_string();
-        tokio::spawn(async move {
-            let mut offset: i64 = 0;
-            let send = |data: Vec<u8>, offset: i64| WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: r#ref.clone(),
-                total: size,
-                expected: expected.clone(),
-                offset,
-                data,
-                labels: HashMap::new(),
-            };
-            match source {
-                Source::Bytes(bytes) => {
-                    for chunk in bytes.chunks(CHUNK) {
-                        if tx.send(send(chunk.to_vec(), offset)).await.is_err() {
-                            return Ok(());
-                        }
-                        offset += chunk.len() as i64;
-                    }
-                }
-                Source::File(path) => {
-                    let mut f = tokio::fs::File::open(&path).await?;
-                    loop {
-                        let mut buf = vec![0u8; CHUNK];
-                        let n = f.read(&mut buf).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        buf.truncate(n);
-                        if tx.send(send(buf, offset)).await.is_err() {
-                            return Ok(());
-                        }
-                        offset += n as i64;
-                    }
-                }
-            }
-            let commit = WriteContentRequest {
-                action: WriteAction::Commit as i32,
-                r#ref,
-                total: size,
-                expected,
-                offset,
-                data: Vec::new(),
-                labels,
-            };
-            let _ = tx.send(commit).await;
-            Ok::<(), std::io::Error>(())
-        })
-    };
+    let producer = tokio::spawn(produce(tx, r#ref, digest.to_string(), size, source, labels));
     let result = async {
         // AlreadyExists (at open or at commit): another writer — a concurrent pull, or an
         // agent of another namespace on the same containerd — committed the blob first; it is
@@ -233,6 +182,64 @@ async fn write(
         Ok(Err(e)) => Err(RuntimeError::internal("reading pulled blob").with_source(e)),
         Err(e) => Err(RuntimeError::internal("blob writer task").with_source(e)),
     }
+}
+
+/// Streams `source` as write requests of one content write, then its commit. Returns early,
+/// without error, when the write's stream has gone (containerd answered already).
+async fn produce(
+    tx: tokio::sync::mpsc::Sender<WriteContentRequest>,
+    r#ref: String,
+    expected: String,
+    size: i64,
+    source: Source,
+    labels: HashMap<String, String>,
+) -> std::io::Result<()> {
+    let mut offset: i64 = 0;
+    let send = |data: Vec<u8>, offset: i64| WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: r#ref.clone(),
+        total: size,
+        expected: expected.clone(),
+        offset,
+        data,
+        labels: HashMap::new(),
+    };
+    match source {
+        Source::Bytes(bytes) => {
+            for chunk in bytes.chunks(CHUNK) {
+                if tx.send(send(chunk.to_vec(), offset)).await.is_err() {
+                    return Ok(());
+                }
+                offset += chunk.len() as i64;
+            }
+        }
+        Source::File(path) => {
+            let mut f = tokio::fs::File::open(&path).await?;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if tx.send(send(buf, offset)).await.is_err() {
+                    return Ok(());
+                }
+                offset += n as i64;
+            }
+        }
+    }
+    let commit = WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref,
+        total: size,
+        expected,
+        offset,
+        data: Vec::new(),
+        labels,
+    };
+    let _ = tx.send(commit).await;
+    Ok(())
 }
 
 #[cfg(test)]
