@@ -11,6 +11,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 
 pub use crate::model::{InvokeCall, Target, is_hop_by_hop};
+use crate::service::{Core, PullUpdate};
 use crate::status::ApiError;
 
 /// Longest accepted container id / owner id, bytes.
@@ -242,6 +243,80 @@ pub fn invoke_response(r: crate::invoke::InvokeReply) -> v1::InvokeWorkerRespons
         status_code: i32::from(r.status),
         headers: r.headers,
         body: r.body.to_vec(),
+    }
+}
+
+/// GetCapabilities' answer from the core's facts. Never fails.
+pub fn capabilities(core: &Core) -> v1::Capabilities {
+    let c = core.runtime.capabilities();
+    let a = core.admission.settings();
+    let usage = core.admission.usage(&core.table);
+    // Unlimited is reported as 0 (proto3's "unset").
+    let cap = |v: u64| if v == u64::MAX { 0 } else { v };
+    let mut warnings = Vec::new();
+    if !core.facts.tls_enabled {
+        warnings.push(
+            "TLS is disabled: gRPC traffic is plaintext and clients are not authenticated by certificate"
+                .to_owned(),
+        );
+    }
+    v1::Capabilities {
+        runtime: c.kind.as_str().to_owned(),
+        runtime_version: c.version,
+        agent_version: core.facts.agent_version.clone(),
+        pause_resume: c.pause_resume,
+        metrics: c.metrics,
+        invoke: true,
+        cgroup_version: c.cgroup_version,
+        snapshotter: c.snapshotter,
+        cni_network: c.network,
+        cni_subnet: c.subnet,
+        cni_bridge: c.bridge,
+        max_invoke_response_bytes: core.invoker.settings().max_response_bytes,
+        max_request_bytes: core.facts.max_request_bytes,
+        default_memory_bytes: c.default_memory_bytes,
+        default_cpu_millis: c.default_cpu_millis,
+        default_pids_limit: c.default_pids_limit,
+        tls_enabled: core.facts.tls_enabled,
+        warnings,
+        max_workers: cap(a.max_workers),
+        workers_used: usage.workers,
+        memory_budget_bytes: cap(a.memory_budget_bytes),
+        memory_reserved_bytes: usage.memory_bytes,
+        worker_memory_max_bytes: a.memory_max_bytes,
+        max_workers_per_owner: cap(a.max_workers_per_owner),
+        max_concurrent_ensures: a.max_concurrent_ensures as u64,
+        standby_max: core.standby.settings().max,
+        standby_per_spec: core.standby.settings().per_spec,
+        standby_ready: core.standby.usage().ready,
+    }
+}
+
+/// A WorkerLogs stream item on the wire.
+pub fn log_chunk(item: Result<Vec<u8>, ApiError>) -> Result<v1::WorkerLogsChunk, tonic::Status> {
+    item.map(|data| v1::WorkerLogsChunk { data })
+        .map_err(tonic::Status::from)
+}
+
+/// A PullImage stream item on the wire.
+pub fn pull_progress(
+    item: Result<PullUpdate, ApiError>,
+) -> Result<v1::PullImageProgress, tonic::Status> {
+    match item.map_err(tonic::Status::from)? {
+        PullUpdate::Progress(p) => Ok(v1::PullImageProgress {
+            layers_done: p.layers_done,
+            layers_total: p.layers_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            ..Default::default()
+        }),
+        PullUpdate::Done(img) => Ok(v1::PullImageProgress {
+            done: true,
+            reference: img.reference,
+            digest: img.digest,
+            pulled: img.pulled,
+            ..Default::default()
+        }),
     }
 }
 

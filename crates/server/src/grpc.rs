@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use esb_proto::v1;
 use esb_proto::v1::agent_service_server::AgentService;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::invoke::{ReportCell, TrailerReport};
 use crate::rpc::RpcContext;
-use crate::service::{Core, parse_grpc_timeout};
+use crate::service::Core;
 
 /// Margin so our own deadline fires before tonic's (which would answer CANCELLED).
 const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
@@ -143,11 +144,10 @@ impl AgentService for Grpc {
         &self,
         _request: Request<v1::GetCapabilitiesRequest>,
     ) -> Result<Response<v1::Capabilities>, Status> {
-        Ok(Response::new(self.core.capabilities()))
+        Ok(Response::new(convert::capabilities(&self.core)))
     }
 
-    type PullImageStream =
-        tokio_stream::wrappers::ReceiverStream<Result<v1::PullImageProgress, Status>>;
+    type PullImageStream = tonic::codegen::BoxStream<v1::PullImageProgress>;
 
     async fn set_standby(
         &self,
@@ -176,13 +176,12 @@ impl AgentService for Grpc {
             ctx.set_owner(r.owner_id.trim());
         }
         let rx = self.core.clone().pull_image(image);
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(convert::pull_progress),
         )))
     }
 
-    type WorkerLogsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<v1::WorkerLogsChunk, Status>>;
+    type WorkerLogsStream = tonic::codegen::BoxStream<v1::WorkerLogsChunk>;
 
     async fn worker_logs(
         &self,
@@ -198,8 +197,42 @@ impl AgentService for Grpc {
             .clone()
             .worker_logs(t, r.tail_bytes, r.follow)
             .await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(convert::log_chunk),
         )))
+    }
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
     }
 }

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use esb_proto::v1;
 use esb_runtime::{EnsureRequest, ErrorKind, Runtime, Worker, WorkerMetrics, WorkerStatus};
 use tracing::Instrument;
 
@@ -167,8 +166,7 @@ impl Core {
         t: Target,
         tail: u32,
         follow: bool,
-    ) -> Result<tokio::sync::mpsc::Receiver<Result<v1::WorkerLogsChunk, tonic::Status>>, ApiError>
-    {
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<u8>, ApiError>>, ApiError> {
         const DEFAULT_TAIL: usize = 64 * 1024;
         const MAX_READ: usize = 1024 * 1024;
         const POLL: Duration = Duration::from_millis(250);
@@ -182,8 +180,7 @@ impl Core {
         let first = self.runtime.read_log(&id, None, tail).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
-            let chunk = |data: Vec<u8>| Ok(v1::WorkerLogsChunk { data });
-            if !first.is_empty() && tx.send(chunk(first)).await.is_err() || !follow {
+            if !first.is_empty() && tx.send(Ok(first)).await.is_err() || !follow {
                 return;
             }
             loop {
@@ -200,7 +197,7 @@ impl Core {
                     // Gone (destroyed, collected): the stream ends cleanly.
                     Err(e) if e.kind() == ErrorKind::NotFound => return,
                     Err(e) => {
-                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        let _ = tx.send(Err(ApiError::from(e))).await;
                         return;
                     }
                 };
@@ -210,13 +207,13 @@ impl Core {
                 match self.runtime.read_log(&id, Some(cursor), MAX_READ).await {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
-                        if tx.send(chunk(data)).await.is_err() {
+                        if tx.send(Ok(data)).await.is_err() {
                             return;
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => return,
                     Err(e) => {
-                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        let _ = tx.send(Err(ApiError::from(e))).await;
                         return;
                     }
                 }
@@ -232,29 +229,17 @@ impl Core {
     pub fn pull_image(
         self: Arc<Self>,
         image: String,
-    ) -> tokio::sync::mpsc::Receiver<Result<v1::PullImageProgress, tonic::Status>> {
+    ) -> tokio::sync::mpsc::Receiver<Result<PullUpdate, ApiError>> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(
             async move {
                 let sink_tx = tx.clone();
                 let sink = move |p: esb_runtime::PullProgress| {
-                    let _ = sink_tx.try_send(Ok(v1::PullImageProgress {
-                        layers_done: p.layers_done,
-                        layers_total: p.layers_total,
-                        bytes_done: p.bytes_done,
-                        bytes_total: p.bytes_total,
-                        ..Default::default()
-                    }));
+                    let _ = sink_tx.try_send(Ok(PullUpdate::Progress(p)));
                 };
                 let last = match self.runtime.pull_image(&image, &sink).await {
-                    Ok(img) => Ok(v1::PullImageProgress {
-                        done: true,
-                        reference: img.reference,
-                        digest: img.digest,
-                        pulled: img.pulled,
-                        ..Default::default()
-                    }),
-                    Err(e) => Err(ApiError::from(e).into()),
+                    Ok(img) => Ok(PullUpdate::Done(img)),
+                    Err(e) => Err(ApiError::from(e)),
                 };
                 let _ = tx.send(last).await;
             }
@@ -407,52 +392,6 @@ impl Core {
         }
     }
 
-    /// Never fails.
-    pub fn capabilities(&self) -> v1::Capabilities {
-        let c = self.runtime.capabilities();
-        let a = self.admission.settings();
-        let usage = self.admission.usage(&self.table);
-        // Unlimited is reported as 0 (proto3's "unset").
-        let cap = |v: u64| if v == u64::MAX { 0 } else { v };
-        let mut warnings = Vec::new();
-        if !self.facts.tls_enabled {
-            warnings.push(
-                "TLS is disabled: gRPC traffic is plaintext and clients are not authenticated by certificate"
-                    .to_owned(),
-            );
-        }
-        v1::Capabilities {
-            runtime: c.kind.as_str().to_owned(),
-            runtime_version: c.version,
-            agent_version: self.facts.agent_version.clone(),
-            pause_resume: c.pause_resume,
-            metrics: c.metrics,
-            invoke: true,
-            cgroup_version: c.cgroup_version,
-            snapshotter: c.snapshotter,
-            cni_network: c.network,
-            cni_subnet: c.subnet,
-            cni_bridge: c.bridge,
-            max_invoke_response_bytes: self.invoker.settings().max_response_bytes,
-            max_request_bytes: self.facts.max_request_bytes,
-            default_memory_bytes: c.default_memory_bytes,
-            default_cpu_millis: c.default_cpu_millis,
-            default_pids_limit: c.default_pids_limit,
-            tls_enabled: self.facts.tls_enabled,
-            warnings,
-            max_workers: cap(a.max_workers),
-            workers_used: usage.workers,
-            memory_budget_bytes: cap(a.memory_budget_bytes),
-            memory_reserved_bytes: usage.memory_bytes,
-            worker_memory_max_bytes: a.memory_max_bytes,
-            max_workers_per_owner: cap(a.max_workers_per_owner),
-            max_concurrent_ensures: a.max_concurrent_ensures as u64,
-            standby_max: self.standby.settings().max,
-            standby_per_spec: self.standby.settings().per_spec,
-            standby_ready: self.standby.usage().ready,
-        }
-    }
-
     /// Workers gauge, by state.
     pub fn refresh_worker_gauge(&self) {
         let mut entries = self.table.entries();
@@ -467,22 +406,11 @@ impl Core {
     }
 }
 
-/// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (num, unit) = v.split_at(v.len() - 1);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// What a PullImage stream carries: progress, then the pulled image.
+#[derive(Debug)]
+pub enum PullUpdate {
+    Progress(esb_runtime::PullProgress),
+    Done(esb_runtime::PulledImage),
 }
 
 /// Ready-on-return (the waiting itself is in [`crate::ready`]).
@@ -539,21 +467,5 @@ impl Core {
                 Err(ApiError::Unavailable(msg))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        assert_eq!(
-            parse_grpc_timeout("1500m"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("10q"), None);
     }
 }
