@@ -40,6 +40,12 @@ pub struct ContainerdRuntime {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for ContainerdRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdRuntime").finish_non_exhaustive()
+    }
+}
+
 /// Shared state of the backend; operations take `&Arc<Inner>` so detached tasks can own it.
 pub(crate) struct Inner {
     pub common: CommonSettings,

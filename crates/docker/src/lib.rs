@@ -35,6 +35,12 @@ pub struct DockerRuntime {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").finish_non_exhaustive()
+    }
+}
+
 /// State shared with the detached tasks (ensure rollback, destroy).
 pub(crate) struct Inner {
     pub(crate) docker: Docker,

@@ -89,6 +89,14 @@ pub struct KeyedGuard<T> {
     _prune: Prune<T>,
 }
 
+impl<T> std::fmt::Debug for KeyedGuard<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedGuard")
+            .field("key", &self._prune.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Deref for KeyedGuard<T> {
     type Target = T;
     fn deref(&self) -> &T {

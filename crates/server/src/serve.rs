@@ -41,6 +41,12 @@ pub struct BoundServer {
     tls: Option<TlsAcceptor>,
 }
 
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer").finish_non_exhaustive()
+    }
+}
+
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await

@@ -40,6 +40,7 @@ pub fn scratch_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
 }
 
 /// A running agent process.
+#[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
     /// `http://127.0.0.1:<port>` of its gRPC server.

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// One containerd namespace reached through the `ctr` CLI.
+#[derive(Debug)]
 pub struct Ctr<'a> {
     pub socket: &'a Path,
     pub namespace: &'a str,

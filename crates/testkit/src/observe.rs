@@ -7,7 +7,7 @@ use std::time::Duration;
 use esb_runtime::{Observer, Phase, PullOutcome};
 
 /// Records every observation, in order.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Recorder {
     pub phases: Mutex<Vec<Phase>>,
     pub pulls: Mutex<Vec<PullOutcome>>,

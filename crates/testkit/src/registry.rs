@@ -19,7 +19,7 @@ pub fn digest(b: &[u8]) -> String {
 }
 
 /// How a blob is served.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum Blob {
     /// Exactly these bytes.
     Bytes(Vec<u8>),
@@ -29,7 +29,7 @@ pub enum Blob {
     Trickle,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Registry {
     /// Path → (content type, body) for manifests.
     pub manifests: HashMap<String, Vec<u8>>,

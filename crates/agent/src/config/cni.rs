@@ -87,7 +87,7 @@ pub fn load(
     let bin_dir = v.abs_path(env::CNI_BIN_DIR, "/opt/cni/bin")?;
     let network_name = identity.cni_network_name();
     let conf_file = match v.raw(env::CNI_CONF_FILE)? {
-        None => conf_dir.join(format!("10-{}.conflist", network_name)),
+        None => conf_dir.join(format!("10-{network_name}.conflist")),
         Some(f) if !f.ends_with(".conflist") || f.ends_with('/') => {
             return Err(v.bad(
                 env::CNI_CONF_FILE,

@@ -128,8 +128,7 @@ async fn bad_tls_material_names_the_file() {
         async move {
             let err = esb_server::bind(s, Arc::new(FakeRuntime::new()))
                 .await
-                .err()
-                .expect("must fail");
+                .expect_err("must fail");
             assert!(err.to_string().contains(&needle), "{err}");
         }
     };
@@ -180,8 +179,7 @@ async fn start_is_refused_without_an_allow_list() {
     s.tls = TlsSettings::Mutual(pki.mutual());
     let err = esb_server::bind(s, Arc::new(FakeRuntime::new()))
         .await
-        .err()
-        .expect("must refuse to start")
+        .expect_err("must refuse to start")
         .to_string();
     assert!(!err.contains('\n'), "{err}");
     for name in [
