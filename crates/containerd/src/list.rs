@@ -105,12 +105,12 @@ pub(crate) fn to_state(
     task: Option<&Process>,
     ip: Option<IpAddr>,
 ) -> WorkerState {
-    let label = |k: String| c.labels.get(&k).cloned().unwrap_or_default();
+    let (function_name, owner_id) = identity.function_and_owner(&c.labels);
     WorkerState {
         id: c.id.clone(),
         name: c.id.clone(),
-        function_name: label(identity.function_label_key()),
-        owner_id: label(identity.owner_label_key()),
+        function_name,
+        owner_id,
         status: status_of(task),
         ip,
         created_at: crate::unix(c.created_at.as_ref()),

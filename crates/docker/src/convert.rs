@@ -95,6 +95,7 @@ pub(crate) fn state_from_summary(
     if !identity.is_managed(&labels) {
         return None;
     }
+    let (function_name, owner_id) = identity.function_and_owner(&labels);
     let status = c
         .state
         .as_ref()
@@ -108,14 +109,8 @@ pub(crate) fn state_from_summary(
             .and_then(|n| n.first())
             .map(|n| trim_name(n))
             .unwrap_or_default(),
-        function_name: labels
-            .get(&identity.function_label_key())
-            .cloned()
-            .unwrap_or_default(),
-        owner_id: labels
-            .get(&identity.owner_label_key())
-            .cloned()
-            .unwrap_or_default(),
+        function_name,
+        owner_id,
         status,
         ip: live(status)
             .then(|| ip_on(c.network_settings.as_ref()?.networks.as_ref(), network))
@@ -134,18 +129,13 @@ pub(crate) fn state_from_inspect(
     if !identity.is_managed(&labels) {
         return None;
     }
+    let (function_name, owner_id) = identity.function_and_owner(&labels);
     let status = inspect_status(c);
     Some(WorkerState {
         id: c.id.clone()?,
         name: c.name.as_deref().map(trim_name).unwrap_or_default(),
-        function_name: labels
-            .get(&identity.function_label_key())
-            .cloned()
-            .unwrap_or_default(),
-        owner_id: labels
-            .get(&identity.owner_label_key())
-            .cloned()
-            .unwrap_or_default(),
+        function_name,
+        owner_id,
         status,
         ip: live(status)
             .then(|| ip_on(c.network_settings.as_ref()?.networks.as_ref(), network))

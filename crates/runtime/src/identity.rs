@@ -226,6 +226,24 @@ impl Identity {
         labels
     }
 
+    /// The function name and owner id a worker's labels carry (empty when missing): how
+    /// both backends read them back (List, inspect).
+    pub fn function_and_owner<'a>(
+        &self,
+        labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> (String, String) {
+        let (function_key, owner_key) = (self.function_label_key(), self.owner_label_key());
+        let (mut function, mut owner) = (String::new(), String::new());
+        for (k, v) in labels {
+            if *k == function_key {
+                function.clone_from(v);
+            } else if *k == owner_key {
+                owner.clone_from(v);
+            }
+        }
+        (function, owner)
+    }
+
     /// True when `labels` carry the managed selector of this brand+ENV.
     pub fn is_managed(&self, labels: &BTreeMap<String, String>) -> bool {
         self.managed_selector()

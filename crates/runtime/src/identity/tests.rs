@@ -170,4 +170,14 @@ fn derived_names() {
     assert_eq!(labels["com.acme-core.owner"], "owner-1");
     assert!(id.is_managed(&labels));
     assert!(!Identity::new("acme-core", "dev").is_managed(&labels));
+    assert_eq!(
+        id.function_and_owner(&labels),
+        ("My Fn".to_string(), "owner-1".to_string())
+    );
+    let hash: std::collections::HashMap<String, String> = labels.into_iter().collect();
+    assert_eq!(id.function_and_owner(&hash).1, "owner-1");
+    assert_eq!(
+        id.function_and_owner(&BTreeMap::new()),
+        (String::new(), String::new())
+    );
 }
