@@ -1,4 +1,5 @@
-//! The backend-agnostic scenarios of esb-testkit run against containerd (parity with Docker).
+//! The backend-agnostic scenarios of esb-testkit run against containerd (parity with Docker),
+//! one test per scenario, each in a world (brand, namespace, subnet) of its own.
 
 use std::sync::Arc;
 
@@ -10,37 +11,90 @@ async fn runtime(world: &World) -> Arc<dyn Runtime> {
     Arc::new(world.runtime().await)
 }
 
+/// Host-side rollback (IPAM, veth, netns) may finish after the worker left `list`.
+async fn clean(world: &World) {
+    world.eventually_clean().await;
+    world.assert_no_leftovers();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_scenarios() {
+async fn scenario_lifecycle() {
     let Some(env) = esb_testkit::containerd() else {
         return;
     };
     let world = World::new(env, 13);
-    let image = world.image();
     let rt = runtime(&world).await;
-    scenarios::lifecycle(rt.clone(), &image)
+    scenarios::lifecycle(rt, &world.image())
         .await
         .expect("lifecycle");
-    scenarios::stopped_worker(rt.clone(), &image)
+    clean(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_stopped_worker() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 17);
+    let rt = runtime(&world).await;
+    scenarios::stopped_worker(rt, &world.image())
         .await
         .expect("stopped worker");
+    clean(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_missing_image() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 18);
+    let rt = runtime(&world).await;
     let missing = format!(
         "{}/esb/absent:1",
         world.env.registry.clone().expect("registry")
     );
-    scenarios::missing_image(rt.clone(), &missing)
+    scenarios::missing_image(rt, &missing)
         .await
         .expect("missing image");
-    scenarios::concurrent_ensures(rt.clone(), &image, 8)
+    clean(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_concurrent_ensures() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 19);
+    let rt = runtime(&world).await;
+    scenarios::concurrent_ensures(rt, &world.image(), 8)
         .await
         .expect("concurrent");
-    scenarios::cancelled_ensure(rt.clone(), &image)
+    clean(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_cancelled_ensure() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 20);
+    let rt = runtime(&world).await;
+    scenarios::cancelled_ensure(rt, &world.image())
         .await
         .expect("cancelled ensure");
-    // Host-side rollback (IPAM, veth, netns) may finish after the worker left `list`.
-    world.eventually_clean().await;
-    scenarios::adoption(rt, &image, || async { Ok(runtime(&world).await) })
+    clean(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_adoption() {
+    let Some(env) = esb_testkit::containerd() else {
+        return;
+    };
+    let world = World::new(env, 21);
+    let rt = runtime(&world).await;
+    scenarios::adoption(rt, &world.image(), || async { Ok(runtime(&world).await) })
         .await
         .expect("adoption");
-    world.assert_no_leftovers();
+    clean(&world).await;
 }
