@@ -57,6 +57,8 @@ struct Inner {
     worker_port: u16,
     next_id: u64,
     ensure_delay: Duration,
+    /// Sleep after the worker exists (listed) and before `ensure` returns its id.
+    ensure_return_delay: Duration,
     reconcile_result: Vec<WorkerState>,
     /// `None`: `events` is unimplemented (the default, so servers poll only).
     events_enabled: bool,
@@ -102,6 +104,7 @@ impl FakeRuntime {
                 worker_port: WORKER_PORT,
                 next_id: 1,
                 ensure_delay: Duration::ZERO,
+                ensure_return_delay: Duration::ZERO,
                 reconcile_result: Vec::new(),
                 events_enabled: false,
                 events_tx: None,
@@ -124,6 +127,12 @@ impl FakeRuntime {
     /// IP given to later `ensure` calls (`None`: the worker has no address).
     pub fn set_worker_ip(&self, ip: Option<IpAddr>) {
         self.lock().worker_ip = ip;
+    }
+
+    /// Makes `ensure` sleep after the worker exists (a real daemon lists it) and before it
+    /// returns the id, as a daemon's start does.
+    pub fn set_ensure_return_delay(&self, delay: Duration) {
+        self.lock().ensure_return_delay = delay;
     }
 
     /// Makes `ensure` sleep before creating (to race it against other calls).
@@ -289,35 +298,41 @@ impl Runtime for FakeRuntime {
         }
         obs.phase(Phase::Create, t.elapsed());
         let t = Instant::now();
-        let mut inner = self.lock();
-        let Some(ip) = inner.worker_ip else {
-            obs.rollback("ensure");
-            return Err(RuntimeError::internal("fake worker has no ip"));
+        let (worker, return_delay) = {
+            let mut inner = self.lock();
+            let Some(ip) = inner.worker_ip else {
+                obs.rollback("ensure");
+                return Err(RuntimeError::internal("fake worker has no ip"));
+            };
+            let n = inner.next_id;
+            inner.next_id += 1;
+            let id = format!("fake-{}-{n:08x}", req.function_name);
+            let worker = Worker {
+                id: id.clone(),
+                name: id.clone(),
+                ip,
+                port: inner.worker_port,
+                function_name: req.function_name.clone(),
+                owner_id: req.owner_id.clone(),
+                created_at: now(),
+            };
+            inner.workers.insert(
+                id.clone(),
+                WorkerState {
+                    id,
+                    name: worker.name.clone(),
+                    function_name: req.function_name,
+                    owner_id: req.owner_id,
+                    status: WorkerStatus::Running,
+                    ip: Some(ip),
+                    created_at: worker.created_at,
+                },
+            );
+            (worker, inner.ensure_return_delay)
         };
-        let n = inner.next_id;
-        inner.next_id += 1;
-        let id = format!("fake-{}-{n:08x}", req.function_name);
-        let worker = Worker {
-            id: id.clone(),
-            name: id.clone(),
-            ip,
-            port: inner.worker_port,
-            function_name: req.function_name.clone(),
-            owner_id: req.owner_id.clone(),
-            created_at: now(),
-        };
-        inner.workers.insert(
-            id.clone(),
-            WorkerState {
-                id,
-                name: worker.name.clone(),
-                function_name: req.function_name,
-                owner_id: req.owner_id,
-                status: WorkerStatus::Running,
-                ip: Some(ip),
-                created_at: worker.created_at,
-            },
-        );
+        if !return_delay.is_zero() {
+            tokio::time::sleep(return_delay).await;
+        }
         obs.phase(Phase::Start, t.elapsed());
         Ok(worker)
     }

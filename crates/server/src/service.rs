@@ -255,7 +255,7 @@ impl Core {
         self.table.refresh(&states, started);
         Ok(states
             .into_iter()
-            .filter(|s| s.owner_id == owner_id && !self.standby.is_hidden(&s.id))
+            .filter(|s| s.owner_id == owner_id && !self.standby.is_hidden_listed(s))
             .map(|mut s| {
                 // The exit event may be ahead of the daemon's own listing.
                 if self.table.status(&s.id) == Some(WorkerStatus::Stopped) {

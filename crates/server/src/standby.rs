@@ -68,9 +68,22 @@ impl Spec {
 struct SpecPool {
     ready: Vec<Worker>,
     creating: u32,
+    /// While `creating > 0`: the worker ids known when the first of those creations started.
+    /// The daemon lists a new standby before the runtime's Ensure returns its id (so before it
+    /// can be hidden); a worker of this spec outside the snapshot is hidden meanwhile.
+    known_before: Option<Arc<HashSet<String>>>,
     last_ensure: Option<Instant>,
     /// A `SetStandby` floor: replaces `per_spec` and never expires.
     floor: Option<u32>,
+}
+
+impl SpecPool {
+    fn creation_done(&mut self) {
+        self.creating = self.creating.saturating_sub(1);
+        if self.creating == 0 {
+            self.known_before = None;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +156,20 @@ impl Standby {
     /// True for a standby (ready or being readied): the API treats it as unknown.
     pub fn is_hidden(&self, id: &str) -> bool {
         self.lock().hidden.contains(id)
+    }
+
+    /// [`Standby::is_hidden`] for a listed worker, which may also be a standby still being
+    /// created: one of a spec with a creation in flight that was not known when it started.
+    /// (A gateway Ensure finishing meanwhile is hidden for that moment too; the gateway
+    /// learnt its id from the Ensure, and its janitor only removes what List shows.)
+    pub fn is_hidden_listed(&self, s: &esb_runtime::WorkerState) -> bool {
+        let p = self.lock();
+        p.hidden.contains(&s.id)
+            || p.specs.iter().any(|(spec, sp)| {
+                spec.owner_id == s.owner_id
+                    && spec.function_name == s.function_name
+                    && sp.known_before.as_ref().is_some_and(|k| !k.contains(&s.id))
+            })
     }
 
     pub fn usage(&self) -> StandbyUsage {
@@ -350,6 +377,9 @@ impl Standby {
     /// Creates standbys of `spec` until its target is met, one at a time.
     async fn refill(self: Arc<Self>, spec: Spec) {
         loop {
+            // Taken outside the pool's lock (the table has its own).
+            let known: HashSet<String> =
+                self.table.entries().iter().map(|e| e.id.clone()).collect();
             {
                 let mut p = self.lock();
                 let total = p.hidden.len() as u32 + p.creating;
@@ -365,6 +395,9 @@ impl Standby {
                 {
                     return;
                 }
+                if sp.creating == 0 {
+                    sp.known_before = Some(Arc::new(known));
+                }
                 sp.creating += 1;
                 p.creating += 1;
             }
@@ -375,7 +408,7 @@ impl Standby {
                 let target = p.specs.get(&spec).map(|sp| self.target(sp));
                 match (p.specs.get_mut(&spec), &created, target) {
                     (Some(sp), Ok(w), Some(target)) => {
-                        sp.creating = sp.creating.saturating_sub(1);
+                        sp.creation_done();
                         if (sp.ready.len() as u32) < target {
                             sp.ready.push(w.clone());
                             true
@@ -384,7 +417,7 @@ impl Standby {
                         }
                     }
                     (Some(sp), _, _) => {
-                        sp.creating = sp.creating.saturating_sub(1);
+                        sp.creation_done();
                         false
                     }
                     (None, _, _) => false,

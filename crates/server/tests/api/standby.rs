@@ -139,6 +139,37 @@ async fn an_ensure_claims_a_hidden_standby_and_the_pool_refills() {
     );
 }
 
+/// The daemon lists a new worker before its Ensure returns the id: a standby being created
+/// must not show in List meanwhile (the gateway's janitor would destroy it).
+#[tokio::test]
+async fn a_standby_is_not_listed_while_it_is_being_created() {
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = Agent::start_with(rt.clone(), per_spec(1, 16)).await;
+    let mut c = agent.client().await;
+    let first = c.ensure_container(spec("f")).await.unwrap().into_inner();
+    wait_ready(&c, 1).await;
+    // From now on every creation stays listed-but-unanswered for a while.
+    rt.set_ensure_return_delay(Duration::from_millis(600));
+    let second = c.ensure_container(spec("f")).await.unwrap().into_inner();
+    // The claim started a refill: wait until its worker exists in the runtime.
+    esb_testkit::eventually("the refill's worker exists", Duration::from_secs(5), || {
+        std::future::ready((agent.rt.workers().len() == 3).then_some(()))
+    })
+    .await;
+    let mut want = vec![first.id.clone(), second.id.clone()];
+    want.sort();
+    for _ in 0..10 {
+        let mut shown = listed(&mut c, OWNER).await;
+        shown.sort();
+        assert_eq!(shown, want, "only the gateway's workers are listed");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    wait_ready(&c, 1).await;
+    let mut shown = listed(&mut c, OWNER).await;
+    shown.sort();
+    assert_eq!(shown, want, "the ready standby is hidden too");
+}
+
 #[tokio::test]
 async fn specs_not_ensured_for_the_ttl_lose_their_standbys() {
     let agent = Agent::start_with(Arc::new(FakeRuntime::new()), |s| {
