@@ -14,9 +14,18 @@ use tonic::transport::Channel;
 
 use crate::client::connect_eventually;
 
-/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free TCP ports on 127.0.0.1 (released before returning; fine for tests). All
+/// are held until the last is chosen: one at a time, the kernel can hand out a port twice (a
+/// CI run got the same port for an agent's gRPC and metrics listeners).
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Directory for logs of agents and workers started by tests: `$ESB_TEST_DEV_DIR/logs` (shown
@@ -55,8 +64,7 @@ impl AgentProcess {
     /// Starts `bin` with `env` (plus listen addresses on free loopback ports, plaintext gRPC
     /// unless `env` says otherwise); logs go to `logs_dir()/<name>.log`.
     pub fn spawn(bin: &Path, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let metrics = free_port()?;
+        let [port, metrics] = free_ports()?;
         let log = logs_dir().join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
@@ -210,4 +218,15 @@ pub async fn destroy_ok(c: &mut AgentServiceClient<Channel>, id: &str, owner: &s
         .into_inner()
         .success;
     assert!(ok, "DestroyContainer {id}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct() {
+        for _ in 0..200 {
+            let [a, b, c] = super::free_ports().unwrap();
+            assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        }
+    }
 }
