@@ -15,15 +15,24 @@ use tonic::transport::Channel;
 use crate::client::connect_eventually;
 
 /// `N` distinct free TCP ports on 127.0.0.1 (released before returning; fine for tests). All
-/// are held until the last is chosen: one at a time, the kernel can hand out a port twice (a
-/// CI run got the same port for an agent's gRPC and metrics listeners).
+/// are held until the last is chosen, and a port is never handed out twice in one test
+/// binary: otherwise the kernel can give a just-released port again (a CI run got the same
+/// port for an agent's gRPC and metrics listeners).
 pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
     let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
+    for port in &mut ports {
+        *port = loop {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let p = l.local_addr()?.port();
+            held.push(l);
+            if !handed.contains(&p) {
+                break p;
+            }
+        };
+        handed.push(*port);
     }
     Ok(ports)
 }
@@ -223,10 +232,12 @@ pub async fn destroy_ok(c: &mut AgentServiceClient<Channel>, id: &str, owner: &s
 #[cfg(test)]
 mod tests {
     #[test]
-    fn free_ports_are_distinct() {
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            let [a, b, c] = super::free_ports().unwrap();
-            assert!(a != b && b != c && a != c, "{a} {b} {c}");
+            for p in super::free_ports::<3>().unwrap() {
+                assert!(seen.insert(p), "port {p} handed out twice");
+            }
         }
     }
 }
