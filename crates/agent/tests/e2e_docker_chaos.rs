@@ -159,30 +159,20 @@ impl Dockerd {
     }
 }
 
-/// Ends the processes whose command line names `dir` (shims of our dockerd's containerd),
-/// their children first; found by PID under /proc, never by a name pattern.
+/// Ends the processes with an argument under `dir` (shims of our dockerd's containerd), their
+/// children first.
 fn kill_processes_under(dir: &Path) {
-    let needle = dir.to_string_lossy().to_string();
-    let procs: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid = stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()?;
-            Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
-        })
-        .collect();
-    let ours: Vec<u32> = procs
+    let dir = dir.to_string_lossy().to_string();
+    let ours: Vec<u32> = esb_testkit::procs::with_arg(|a| a.starts_with(&dir))
         .iter()
-        .filter(|(pid, _, cmd)| *pid != std::process::id() && cmd.contains(&needle))
-        .map(|(pid, _, _)| *pid)
+        .map(|p| p.pid)
         .collect();
-    let children = procs.iter().filter(|(_, ppid, _)| ours.contains(ppid));
-    for pid in children.map(|(pid, _, _)| *pid).chain(ours.iter().copied()) {
-        println!("killing pid {pid} left under {needle}");
+    let children = esb_testkit::procs::all()
+        .into_iter()
+        .filter(|p| ours.contains(&p.ppid))
+        .map(|p| p.pid);
+    for pid in children.collect::<Vec<_>>().into_iter().chain(ours) {
+        println!("killing pid {pid} left under {dir}");
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();

@@ -24,24 +24,11 @@ const OWNER: &str = "owner-logs";
 
 /// (pid, VmRSS KiB, RssAnon KiB) of processes whose arguments name `needle`.
 fn processes_naming(needle: &str) -> Vec<(u32, u64, u64)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == needle))
-        })
-        .map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let kib = |key: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            (pid, kib("VmRSS:"), kib("RssAnon:"))
+    esb_testkit::procs::with_arg(|a| a == needle)
+        .into_iter()
+        .map(|p| {
+            let (rss, anon) = esb_testkit::procs::rss_kib(p.pid);
+            (p.pid, rss, anon)
         })
         .collect()
 }

@@ -8,6 +8,7 @@ pub use esbctl::client;
 pub mod ctr;
 pub mod http;
 pub mod observe;
+pub mod procs;
 pub mod registry;
 pub mod sandbox;
 pub mod scenarios;

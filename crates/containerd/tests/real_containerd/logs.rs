@@ -20,24 +20,10 @@ fn size(p: &Path) -> u64 {
 /// Pids of log writers writing `log` (their arguments name it).
 fn writer_pids(log: &Path) -> Vec<u32> {
     let needle = log.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == needle))
-        })
+    esb_testkit::procs::with_arg(|a| a == needle)
+        .into_iter()
+        .map(|p| p.pid)
         .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 async fn position_reaches(rt: &dyn Runtime, id: &str, want: u64) -> Duration {
@@ -141,7 +127,7 @@ async fn flood_stays_within_the_bound_and_cursors_cut_calls() {
     // One small writer per worker.
     let pids = writer_pids(&log);
     assert_eq!(pids.len(), 1, "one log writer: {pids:?}");
-    let rss = rss_kib(pids[0]);
+    let (rss, _) = esb_testkit::procs::rss_kib(pids[0]);
     eprintln!("log writer rss {rss} KiB");
     assert!(rss > 0 && rss < 8 * 1024, "log writer rss {rss} KiB");
 
