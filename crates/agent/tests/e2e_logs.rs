@@ -27,7 +27,8 @@ fn processes_naming(needle: &str) -> Vec<(u32, u64, u64)> {
     esb_testkit::procs::with_arg(|a| a == needle)
         .into_iter()
         .map(|p| {
-            let (rss, anon) = esb_testkit::procs::rss_kib(p.pid);
+            let [rss, anon] =
+                esb_testkit::procs::status(p.pid, ["VmRSS:", "RssAnon:"]).unwrap_or_default();
             (p.pid, rss, anon)
         })
         .collect()

@@ -47,21 +47,13 @@ struct Sample {
 }
 
 fn sample(pid: u32) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-    };
+    let [rss_kib, threads] = esb_testkit::procs::status(pid, ["VmRSS:", "Threads:"]).unwrap();
     Sample {
-        rss_kib: field("VmRSS:"),
+        rss_kib,
         fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count() as u64,
-        threads: field("Threads:"),
+        threads,
     }
 }
 

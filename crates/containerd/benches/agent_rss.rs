@@ -22,15 +22,9 @@ const WORKERS: usize = 100;
 
 /// `VmRSS` and `Threads` of a process, KiB / count.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("Threads:"))
+    let [rss, threads] =
+        esb_testkit::procs::status(pid, ["VmRSS:", "Threads:"]).unwrap_or_default();
+    (rss, threads)
 }
 
 fn agent_bin() -> Option<PathBuf> {

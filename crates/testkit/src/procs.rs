@@ -41,17 +41,18 @@ pub fn all() -> Vec<Proc> {
         .collect()
 }
 
-/// `VmRSS` and `RssAnon` of `pid`, in KiB (0 when unknown).
-pub fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
+/// Numeric fields of `/proc/<pid>/status` by key (`"VmRSS:"` in KiB, `"Threads:"`...), each
+/// 0 when unknown; `None` when the process is gone.
+pub fn status<const N: usize>(pid: u32, keys: [&str; N]) -> Option<[u64; N]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(keys.map(|key| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (kib("VmRSS:"), kib("RssAnon:"))
+    }))
 }
 
 #[cfg(test)]
@@ -71,5 +72,8 @@ mod tests {
         assert_eq!(found[0].pid, child.id());
         assert_eq!(found[0].ppid, std::process::id());
         assert!(super::with_arg(|a| a == "no-such-argument-anywhere-x").is_empty());
+        let [rss, threads] = super::status(std::process::id(), ["VmRSS:", "Threads:"]).unwrap();
+        assert!(rss > 0 && threads > 0, "{rss} {threads}");
+        assert!(super::status(child.id(), ["VmRSS:"]).is_none(), "reaped");
     }
 }
