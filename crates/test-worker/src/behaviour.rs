@@ -139,12 +139,22 @@ fn alloc(mib: u64) {
     }
 }
 
+/// Spends `d` of CPU time (not wall time: on a busy machine a wall-clock loop got a quarter of
+/// it, and tests that read the CPU counters failed), giving up after 20× `d` of wall time.
 fn burn(d: Duration) {
-    let start = Instant::now();
+    let cpu = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok();
+    let (start, wall) = (cpu(), Instant::now());
     let mut x: u64 = 0;
-    while start.elapsed() < d {
+    loop {
         for _ in 0..10_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = match (start, cpu()) {
+            (Some(a), Some(b)) => Duration::from(b) - Duration::from(a),
+            _ => wall.elapsed(),
+        };
+        if used >= d || wall.elapsed() >= d * 20 {
+            break;
         }
     }
     std::hint::black_box(x);

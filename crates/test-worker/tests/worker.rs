@@ -155,8 +155,8 @@ fn burn_ms_uses_cpu() {
     assert_eq!(w.invoke(r#"{"burn_ms": 300}"#).status, 200);
     assert!(t.elapsed() >= Duration::from_millis(300));
     let used = support::cpu_ticks(w.pid()) - before;
-    // Clock ticks are 1/100 s; allow for a busy shared machine.
-    assert!(used >= 10, "cpu ticks used: {used}");
+    // CPU time, however busy the machine: 30 ticks of 1/100 s, less one for rounding.
+    assert!(used >= 29, "cpu ticks used: {used}");
 }
 
 #[test]
