@@ -289,7 +289,15 @@ async fn ready_on_return(c: &mut Client, agent: &AgentProcess, image: &str, outs
     let took = started.elapsed();
     eprintln!("ready: Ensure of a worker listening after 1 s took {took:?}");
     assert!(took >= Duration::from_secs(1), "{took:?}");
-    assert!(took < Duration::from_millis(1900), "{took:?}");
+    // It answered because the worker got ready, not because the 2 s wait ran out (a bound
+    // on `took` would also measure how busy the machine is).
+    let text = scrape(&agent.metrics_addr).await;
+    assert_eq!(
+        value(&text, "esb_agent_ensure_ready_total{outcome=\"timeout\"}"),
+        0.0,
+        "{took:?}"
+    );
+    assert!(value(&text, "esb_agent_ensure_ready_total{outcome=\"ready\"}") >= 22.0);
     assert!(connects(&w).await);
     destroy(c, &w.id).await;
 
@@ -298,7 +306,7 @@ async fn ready_on_return(c: &mut Client, agent: &AgentProcess, image: &str, outs
     let took = started.elapsed();
     eprintln!("ready: Ensure of a worker that never listens took {took:?} (timeout 2 s)");
     assert!(took >= Duration::from_secs(2), "{took:?}");
-    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
     let text = scrape(&agent.metrics_addr).await;
     assert_eq!(
         value(&text, "esb_agent_ensure_ready_total{outcome=\"timeout\"}"),
